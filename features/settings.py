@@ -1,0 +1,63 @@
+"""Platform settings: one class, read once at an entry point and passed down."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from features.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Everything configurable, from `BESTMATCH_*` variables (or a `.env` file)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BESTMATCH_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    lake: str = "./lake"
+    mlflow_tracking_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")
+    )
+    stream_key: str = "bestmatch:events"
+    feast_project: str = "bestmatch"
+    allowed_lateness_s: float = 300.0
+    api_key: str | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            msg = "BESTMATCH_REDIS_URL must be a redis://, rediss:// or unix:// URL"
+            raise ConfigError(msg)
+        return value
+
+    @property
+    def allowed_lateness(self) -> timedelta:
+        return timedelta(seconds=self.allowed_lateness_s)
+
+    @property
+    def lake_is_local(self) -> bool:
+        return "://" not in self.lake or self.lake.startswith("file://")
+
+    def lake_path(self, *parts: str) -> str:
+        """The URI of a table or file under the lake root."""
+        root = self.lake.rstrip("/")
+        if self.lake_is_local:
+            root = str(Path(root.removeprefix("file://")).resolve())
+        return "/".join([root, *parts])
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow's tracking URI: the configured one, else a SQLite file in a local lake."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if not self.lake_is_local:
+            msg = "MLFLOW_TRACKING_URI must be set when BESTMATCH_LAKE is an object store"
+            raise ConfigError(msg)
+        return f"sqlite:///{self.lake_path('mlflow.db')}"
