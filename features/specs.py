@@ -87,16 +87,44 @@ BUDGET_TYPES = ("hourly", "fixed")
 EXPERIENCE_LEVELS = ("entry", "intermediate", "expert")
 
 
-def _count(name: str, entity: Entity, event_type: str, window: Window, what: str,
-           where: tuple[tuple[str, str], ...] = ()) -> FeatureSpec:
-    return FeatureSpec(name, entity, event_type, _COUNT, Dtype.INT,
-                       f"Count of {what} in the last {window.name}.", where=where, window=window)
+def _count(
+    name: str,
+    entity: Entity,
+    event_type: str,
+    window: Window,
+    what: str,
+    where: tuple[tuple[str, str], ...] = (),
+) -> FeatureSpec:
+    return FeatureSpec(
+        name,
+        entity,
+        event_type,
+        _COUNT,
+        Dtype.INT,
+        f"Count of {what} in the last {window.name}.",
+        where=where,
+        window=window,
+    )
 
 
-def _last(name: str, entity: Entity, event_type: str, value: str, dtype: Dtype,
-          categories: tuple[str, ...] = ()) -> FeatureSpec:
-    return FeatureSpec(name, entity, event_type, _LAST, dtype,
-                       f"`{value}` of the latest {event_type}.", value=value, categories=categories)
+def _last(
+    name: str,
+    entity: Entity,
+    event_type: str,
+    value: str,
+    dtype: Dtype,
+    categories: tuple[str, ...] = (),
+) -> FeatureSpec:
+    return FeatureSpec(
+        name,
+        entity,
+        event_type,
+        _LAST,
+        dtype,
+        f"`{value}` of the latest {event_type}.",
+        value=value,
+        categories=categories,
+    )
 
 
 def _hired() -> tuple[tuple[str, str], ...]:
@@ -108,13 +136,27 @@ FEATURES: tuple[FeatureSpec, ...] = (
     _count("fl_proposals_1h", FREELANCER, _P, W_1H, "proposals submitted"),
     _count("fl_proposals_24h", FREELANCER, _P, W_24H, "proposals submitted"),
     _count("fl_proposals_7d", FREELANCER, _P, W_7D, "proposals submitted"),
-    FeatureSpec("fl_bid_avg_7d", FREELANCER, _P, _MEAN, Dtype.FLOAT,
-                "Mean bid_amount of proposals submitted in the last 7d.",
-                value="bid_amount", window=W_7D),
-    _count("fl_shortlisted_30d", FREELANCER, _A, W_30D, "proposals shortlisted",
-           (("action", "shortlisted"),)),
-    _count("fl_messaged_30d", FREELANCER, _A, W_30D, "proposals messaged",
-           (("action", "messaged"),)),
+    FeatureSpec(
+        "fl_bid_avg_7d",
+        FREELANCER,
+        _P,
+        _MEAN,
+        Dtype.FLOAT,
+        "Mean bid_amount of proposals submitted in the last 7d.",
+        value="bid_amount",
+        window=W_7D,
+    ),
+    _count(
+        "fl_shortlisted_30d",
+        FREELANCER,
+        _A,
+        W_30D,
+        "proposals shortlisted",
+        (("action", "shortlisted"),),
+    ),
+    _count(
+        "fl_messaged_30d", FREELANCER, _A, W_30D, "proposals messaged", (("action", "messaged"),)
+    ),
     _count("fl_hired_30d", FREELANCER, _A, W_30D, "hires", _hired()),
     # freelancer: profile
     _last("fl_hourly_rate", FREELANCER, _F, "hourly_rate", Dtype.FLOAT),
@@ -126,9 +168,16 @@ FEATURES: tuple[FeatureSpec, ...] = (
     # job: competition
     _count("job_proposals_1h", JOB, _P, W_1H, "proposals received"),
     _count("job_proposals_24h", JOB, _P, W_24H, "proposals received"),
-    FeatureSpec("job_bid_avg_24h", JOB, _P, _MEAN, Dtype.FLOAT,
-                "Mean bid_amount of proposals received in the last 24h.",
-                value="bid_amount", window=W_24H),
+    FeatureSpec(
+        "job_bid_avg_24h",
+        JOB,
+        _P,
+        _MEAN,
+        Dtype.FLOAT,
+        "Mean bid_amount of proposals received in the last 24h.",
+        value="bid_amount",
+        window=W_24H,
+    ),
     # job: the post itself
     _last("job_budget_type", JOB, _J, "budget_type", Dtype.STRING, BUDGET_TYPES),
     _last("job_budget_min", JOB, _J, "budget_min", Dtype.FLOAT),
@@ -157,8 +206,9 @@ def view_name(entity: Entity) -> str:
 
 def entities_of_event(event_type: str) -> tuple[Entity, ...]:
     """Which entities an event type can change, in a fixed order."""
-    return tuple(e for e in ENTITIES if any(f.event_type == event_type and f.entity == e
-                                            for f in FEATURES))
+    return tuple(
+        e for e in ENTITIES if any(f.event_type == event_type and f.entity == e for f in FEATURES)
+    )
 
 
 def windows() -> tuple[Window, ...]:

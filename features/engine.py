@@ -1,0 +1,318 @@
+"""The feature engine: event-time clock, sawtooth tiles, hop boundaries and the change log.
+
+Engine-agnostic and pure (no I/O): the Bytewax flow in `flows/` holds one `Sequencer` (the
+stream's order: de-duplication, lateness, the clock) and one `ShardEngine` per shard of entities,
+and only moves items between them. Tests drive the same classes directly.
+
+How a shard turns events into changes (CONTRACT §2):
+- Every item carries the stream's clock (the newest event time seen when it was admitted).
+  `advance(t)` first finalises the entities changed at the old clock, then replays every hop
+  boundary due before t, in time order, each stamped at its own boundary, so quiet entities still
+  get their drop-outs during a fast replay with no wall-clock time passing.
+- A change-log row is final once the clock has moved past its stamp: later items can only be
+  stamped later (late events are stamped with the clock). So each (entity, stamp) has exactly one
+  row, whatever the batch boundaries: a crash, a replay or a second backfill writes the same rows.
+- The online view is fresher: after every batch, `drain_online` gives the current values (at the
+  clock) of every entity that changed, including those whose row is not final yet.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from features import tiles
+from features.events import Event
+from features.specs import (
+    ENTITIES,
+    FEATURES,
+    Agg,
+    Entity,
+    FeatureSpec,
+    entities_of_event,
+    features_of,
+)
+
+EntityKey = tuple[str, str]  # (entity name, entity id)
+Values = tuple[Any, ...]  # one entity's features, in `features_of(entity)` order
+NEVER = -(2**62)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An entity's full feature vector from `stamp` (µs since the epoch, UTC) on."""
+
+    entity: str
+    entity_id: str
+    stamp: int
+    values: Values
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One event routed to one entity it changes, with the stream's clock when admitted."""
+
+    entity: str
+    entity_id: str
+    event: Event
+    clock: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The stream's clock moved to `clock` (sent to every shard after each batch)."""
+
+    clock: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one event type does to one entity: windowed features to fold, profile to keep."""
+
+    windowed: tuple[tuple[int, FeatureSpec], ...]
+    keeps_last: bool
+
+
+def _plans() -> dict[tuple[str, str], _Plan]:
+    plans = {}
+    for entity in ENTITIES:
+        specs = features_of(entity)
+        for event_type in {f.event_type for f in specs}:
+            windowed = tuple(
+                (i, f) for i, f in enumerate(specs) if f.event_type == event_type and f.windowed
+            )
+            keeps_last = any(f.event_type == event_type and not f.windowed for f in specs)
+            plans[(entity.name, event_type)] = _Plan(windowed, keeps_last)
+    return plans
+
+
+_PLANS = _plans()
+_SPECS = {e.name: features_of(e) for e in ENTITIES}
+_EMPTY = {
+    e.name: tuple(0 if f.agg is Agg.COUNT else None for f in features_of(e)) for e in ENTITIES
+}
+
+
+def route(event: Event) -> list[tuple[str, str]]:
+    """The (entity name, entity id) pairs an event changes."""
+    return [(e.name, getattr(event, e.join_key)) for e in entities_of_event(event.event_type)]
+
+
+class EntityState:
+    """One entity's tiles (per windowed feature) and latest events (per profile event type)."""
+
+    __slots__ = ("tiles", "last", "emitted", "stamp")
+
+    def __init__(self, empty: Values) -> None:
+        self.tiles: list[dict[int, Any] | None] = [None] * len(empty)
+        self.last: dict[str, Event] = {}
+        self.emitted = empty  # the values of its latest change-log row
+        self.stamp = NEVER  # when its values last changed
+
+    def read(self, specs: tuple[FeatureSpec, ...], t: int) -> Values:
+        """The entity's feature vector at time t."""
+        out: list[Any] = []
+        for i, spec in enumerate(specs):
+            if spec.window is not None:
+                out.append(tiles.read(spec.agg, spec.window, self.tiles[i] or {}, t))
+            else:
+                event = self.last.get(spec.event_type)
+                value = None if event is None else getattr(event, spec.value)  # type: ignore[arg-type]
+                out.append(value)
+        return tuple(out)
+
+    def prune(self, specs: tuple[FeatureSpec, ...], t: int) -> None:
+        """Drop tiles that no read at or after t can include."""
+        for i, spec in enumerate(specs):
+            held = self.tiles[i]
+            if held and spec.window is not None:
+                lo = tiles.window_start(t, spec.window)
+                for start in [s for s in held if s < lo]:
+                    del held[start]
+
+    def is_empty(self) -> bool:
+        return not self.last and not any(self.tiles)
+
+
+@dataclass
+class ShardEngine:
+    """All the state of one shard of entities. Picklable, so the flow can snapshot it."""
+
+    clock: int = NEVER
+    entities: dict[EntityKey, EntityState] = field(default_factory=dict)
+    due: list[tuple[int, str, str]] = field(default_factory=list)  # (time, entity, id) heap
+    pending: dict[EntityKey, None] = field(default_factory=dict)  # changed at `clock`
+    changes: list[Change] = field(default_factory=list)  # final rows not yet drained
+    # changed since drain_online; a Change only for an entity whose state was dropped
+    dirty: dict[EntityKey, Change | None] = field(default_factory=dict)
+
+    def process(self, items: Iterable[Update | Tick]) -> None:
+        for item in items:
+            if type(item) is Update:
+                self.apply(item)
+            else:
+                self.advance(item.clock)
+
+    def apply(self, update: Update) -> None:
+        """Fold one routed event into its entity; its change is stamped with the clock."""
+        self.advance(update.clock)
+        key = (update.entity, update.entity_id)
+        specs = _SPECS[update.entity]
+        state = self.entities.get(key)
+        if state is None:
+            state = self.entities[key] = EntityState(_EMPTY[update.entity])
+        event = update.event
+        plan = _PLANS[(update.entity, event.event_type)]
+        for i, spec in plan.windowed:
+            if not spec.matches(event):
+                continue
+            window = spec.window
+            assert window is not None
+            start = tiles.floor_hop(event.event_time, window.hop_us)
+            expires = tiles.expiry(start, window)
+            if expires <= self.clock:
+                continue  # so late it has already left its window: changes nothing now
+            held = state.tiles[i]
+            if held is None:
+                held = state.tiles[i] = {}
+            value = getattr(event, spec.value) if spec.value else None
+            partial = held.get(start)
+            if partial is None:
+                held[start] = tiles.build(spec.agg, value)
+                heapq.heappush(self.due, (expires, update.entity, update.entity_id))
+            else:
+                held[start] = tiles.fold(spec.agg, partial, value)
+        if plan.keeps_last:
+            kept = state.last.get(event.event_type)
+            if kept is None or kept.event_time <= event.event_time:
+                state.last[event.event_type] = event
+        self.pending[key] = None
+        self.dirty[key] = None
+
+    def advance(self, t: int) -> None:
+        """Move the clock to t: finalise rows at the old clock, replay boundaries before t."""
+        if t <= self.clock:
+            return
+        self._finalise_pending()
+        due = self.due
+        while due and due[0][0] < t:
+            stamp = due[0][0]
+            keys: dict[EntityKey, None] = {}
+            while due and due[0][0] == stamp:
+                _, name, entity_id = heapq.heappop(due)
+                keys[(name, entity_id)] = None
+            for key in sorted(keys):
+                self._record(key, stamp)
+        while due and due[0][0] == t:
+            _, name, entity_id = heapq.heappop(due)
+            self.pending[(name, entity_id)] = None
+            self.dirty[(name, entity_id)] = None
+        self.clock = t
+
+    def finish(self, until: int | None = None) -> None:
+        """End of input: move the clock to `until` (if later) and finalise every row."""
+        if until is not None:
+            self.advance(until)
+        self._finalise_pending()
+
+    def drain_changes(self) -> list[Change]:
+        """Final change-log rows since the last drain, in stamp order."""
+        out, self.changes = self.changes, []
+        return out
+
+    def drain_online(self) -> list[Change]:
+        """Current values (at the clock) of every entity changed since the last drain."""
+        out = []
+        for key, dropped in self.dirty.items():
+            state = self.entities.get(key)
+            if state is None:
+                if dropped is not None:
+                    out.append(dropped)
+                continue
+            name, entity_id = key
+            out.append(Change(name, entity_id, state.stamp, state.read(_SPECS[name], self.clock)))
+        self.dirty = {}
+        return out
+
+    def value(self, entity: Entity, entity_id: str) -> Values | None:
+        """An entity's values at the clock (None if it has no state)."""
+        state = self.entities.get((entity.name, entity_id))
+        return None if state is None else state.read(_SPECS[entity.name], self.clock)
+
+    def _finalise_pending(self) -> None:
+        for key in self.pending:
+            self._record(key, self.clock)
+        self.pending = {}
+
+    def _record(self, key: EntityKey, stamp: int) -> None:
+        state = self.entities.get(key)
+        if state is None:
+            return
+        specs = _SPECS[key[0]]
+        state.prune(specs, stamp)
+        values = state.read(specs, stamp)
+        if values != state.emitted:
+            change = Change(key[0], key[1], stamp, values)
+            self.changes.append(change)
+            state.emitted = values
+            state.stamp = stamp
+            self.dirty[key] = None
+        if state.is_empty() and key not in self.pending:
+            # nothing left to remember: its last row already says "no events"
+            del self.entities[key]
+            self.dirty[key] = Change(key[0], key[1], state.stamp, values)
+
+
+@dataclass
+class Sequencer:
+    """The stream's order: drops repeated event ids, rejects late events, keeps the clock.
+
+    Event ids are remembered only while a repeat could still be admitted: a repeat older than the
+    allowed lateness is rejected as late anyway.
+    """
+
+    lateness_us: int
+    clock: int = NEVER
+    seen: dict[str, int] = field(default_factory=dict)
+    _expiry: list[tuple[int, str]] = field(default_factory=list)
+    duplicates: int = 0
+
+    def admit(self, event: Event) -> str | None:
+        """None if the event is admitted (and the clock moved), else why not."""
+        if event.event_id in self.seen:
+            self.duplicates += 1
+            return "duplicate"
+        if event.event_time < self.clock - self.lateness_us:
+            return "late"
+        if event.event_time > self.clock:
+            self.clock = event.event_time
+            self._forget(self.clock - self.lateness_us)
+        self.seen[event.event_id] = event.event_time
+        heapq.heappush(self._expiry, (event.event_time, event.event_id))
+        return None
+
+    def _forget(self, before: int) -> None:
+        expiry = self._expiry
+        while expiry and expiry[0][0] < before:
+            _, event_id = heapq.heappop(expiry)
+            del self.seen[event_id]
+
+
+def empty_values(entity: Entity) -> Values:
+    """An entity's values over no events (counts 0, everything else null)."""
+    return _EMPTY[entity.name]
+
+
+__all__ = [
+    "FEATURES",
+    "Change",
+    "EntityState",
+    "Sequencer",
+    "ShardEngine",
+    "Tick",
+    "Update",
+    "empty_values",
+    "route",
+]
