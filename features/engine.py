@@ -159,7 +159,6 @@ class ShardEngine:
         """Fold one routed event into its entity; its change is stamped with the clock."""
         self.advance(update.clock)
         key = (update.entity, update.entity_id)
-        specs = _SPECS[update.entity]
         state = self.entities.get(key)
         if state is None:
             state = self.entities[key] = EntityState(_EMPTY[update.entity])

@@ -7,14 +7,14 @@ from `FEATURES`; nobody types a feature name twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 MINUTE_US = 60 * 1_000_000
 HOUR_US = 60 * MINUTE_US
 DAY_US = 24 * HOUR_US
 
 
-class Agg(str, Enum):
+class Agg(StrEnum):
     """How a feature folds its events."""
 
     COUNT = "count"  # windowed count; 0 over no events
@@ -22,7 +22,7 @@ class Agg(str, Enum):
     LAST = "last"  # `value` of the latest event with event_time <= t
 
 
-class Dtype(str, Enum):
+class Dtype(StrEnum):
     """A feature's value type, as Feast and Arrow will see it."""
 
     INT = "int64"
