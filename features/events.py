@@ -3,6 +3,16 @@
 `parse_event` never raises on bad data: it returns an event or a `Rejection` whose reason names the
 field and the value (`field bid_amount: must be > 0, got -5`). Times are stored as integer
 microseconds since the Unix epoch, UTC: exact, cheap to compare, and what Arrow and Delta store.
+
+Decisions where the contract is terse:
+- NaN, Infinity and numbers that overflow a double (`1e400`) are not JSON to orjson: they are
+  rejected as `invalid JSON: ...` with orjson's explanation and never reach a field check.
+- `event_time` is RFC 3339: `T` or a space between date and time (either case), `Z` or `±HH:MM`,
+  any number of fraction digits, truncated (not rounded) to microseconds. No leap second (`:60`).
+- `country` must be an officially assigned ISO 3166-1 alpha-2 code (`COUNTRY_CODES`), upper case.
+
+Parsing is on the hot path of the feature flow, so each field check is one dict lookup and one
+test; working out *why* a value failed happens only on the way to a rejection.
 """
 
 from __future__ import annotations
@@ -12,9 +22,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
+
+from features.errors import InvalidEventError
 
 MAX_ID_CHARS = 128
 MAX_JOB_SKILLS = 50
@@ -22,6 +35,7 @@ MAX_COVER_LETTER_CHARS = 10_000
 EVENT_TYPES = ("job_posted", "freelancer_profile", "proposal_submitted", "proposal_action")
 BUDGET_TYPES = ("hourly", "fixed")
 EXPERIENCE_LEVELS = ("entry", "intermediate", "expert")
+ACTIONS = ("viewed", "shortlisted", "messaged", "archived", "hired")
 # ISO 3166-1 alpha-2, the officially assigned codes (as in tzdata's iso3166.tab, 2024-02-29).
 COUNTRY_CODES = frozenset(
     """
@@ -36,11 +50,16 @@ COUNTRY_CODES = frozenset(
     US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
     """.split()
 )
-ACTIONS = ("viewed", "shortlisted", "messaged", "archived", "hired")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Date and hour are checked by `_hour_start`; the regex pins the layout and ASCII digits.
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
 )
+_MISSING = object()
+_NUMBER_TYPES = (int, float)  # not bool, although bool is an int subclass
+_INF = math.inf
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,108 +128,171 @@ class Rejection:
     reason: str
 
 
-class _Bad(Exception):
-    """Internal: one broken rule. Never leaves this module."""
+# --- reasons: only on the way to a rejection ----------------------------------------------------
 
 
-def _fail(field: str, rule: str, value: object) -> _Bad:
-    shown = repr(value) if isinstance(value, str) else orjson.dumps(value).decode()
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return _Bad(f"field {field}: {rule}, got {shown}")
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        shown = repr(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        shown = repr(value)  # JSON has no spelling for it
+    else:
+        shown = orjson.dumps(value).decode()
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-def _get(obj: dict[str, Any], field: str) -> Any:
-    try:
-        return obj[field]
-    except KeyError:
-        raise _Bad(f"field {field}: missing") from None
+def _fail(field: str, rule: str, value: object) -> InvalidEventError:
+    return InvalidEventError(f"field {field}: {rule}, got {_show(value)}", field)
+
+
+def _absent_or(obj: dict[str, Any], field: str, rule: str) -> InvalidEventError:
+    """The reason a field failed its fast check: it is missing, or it breaks `rule`."""
+    if field not in obj:
+        return InvalidEventError(f"field {field}: missing", field)
+    return _fail(field, rule, obj[field])
+
+
+def _number_failure(
+    obj: dict[str, Any], field: str, *, positive: bool = False, maximum: float | None = None
+) -> InvalidEventError:
+    value: Any = obj.get(field)
+    if type(value) not in _NUMBER_TYPES:
+        return _absent_or(obj, field, "must be a number")
+    if not math.isfinite(value):
+        return _fail(field, "must be finite", value)
+    if positive and value <= 0:
+        return _fail(field, "must be > 0", value)
+    if value < 0:
+        return _fail(field, "must be >= 0", value)
+    return _fail(field, f"must be <= {maximum:g}", value)
+
+
+# --- fields: one lookup and one test each -------------------------------------------------------
 
 
 def _id(obj: dict[str, Any], field: str) -> str:
-    value = _get(obj, field)
-    if type(value) is not str:
-        raise _fail(field, "must be a string", value)
-    if not 0 < len(value) <= MAX_ID_CHARS:
-        raise _fail(field, f"must be 1-{MAX_ID_CHARS} characters", value)
-    return value
+    value: Any = obj.get(field)
+    if type(value) is str and 0 < len(value) <= MAX_ID_CHARS:
+        return value
+    rule = f"must be 1-{MAX_ID_CHARS} characters" if type(value) is str else "must be a string"
+    raise _absent_or(obj, field, rule)
 
 
 def _str(obj: dict[str, Any], field: str, max_chars: int | None = None) -> str:
-    value = _get(obj, field)
+    value: Any = obj.get(field)
     if type(value) is not str:
-        raise _fail(field, "must be a string", value)
+        raise _absent_or(obj, field, "must be a string")
     if max_chars is not None and len(value) > max_chars:
-        raise _Bad(f"field {field}: must be at most {max_chars} characters, got {len(value)}")
+        msg = f"field {field}: must be at most {max_chars} characters, got {len(value)}"
+        raise InvalidEventError(msg, field)
     return value
 
 
 def _choice(obj: dict[str, Any], field: str, choices: tuple[str, ...]) -> str:
-    value = _get(obj, field)
-    if value not in choices or type(value) is not str:
-        raise _fail(field, f"must be one of {', '.join(choices)}", value)
-    return value
+    value: Any = obj.get(field)
+    if type(value) is str and value in choices:
+        return value
+    raise _absent_or(obj, field, f"must be one of {', '.join(choices)}")
 
 
-def _number(obj: dict[str, Any], field: str, *, minimum: float = 0.0, strict: bool = False,
-            maximum: float | None = None, nullable: bool = False) -> float | None:
-    value = _get(obj, field)
-    if value is None and nullable:
+def _amount(obj: dict[str, Any], field: str) -> float:
+    """A finite number >= 0."""
+    value: Any = obj.get(field)
+    if type(value) in _NUMBER_TYPES and 0 <= value < _INF:
+        return float(value)
+    raise _number_failure(obj, field)
+
+
+def _bid_amount(obj: dict[str, Any]) -> float:
+    value: Any = obj.get("bid_amount")
+    if type(value) in _NUMBER_TYPES and 0 < value < _INF:
+        return float(value)
+    raise _number_failure(obj, "bid_amount", positive=True)
+
+
+def _job_success(obj: dict[str, Any]) -> float | None:
+    value: Any = obj.get("job_success", _MISSING)
+    if value is None:
         return None
-    if type(value) not in (int, float):  # bool is an int subclass, and not a number here
-        raise _fail(field, "must be a number", value)
-    number = float(value)
-    if not math.isfinite(number):
-        raise _fail(field, "must be finite", str(value))
-    if number < minimum or (strict and number == minimum):
-        raise _fail(field, f"must be {'>' if strict else '>='} {minimum:g}", value)
-    if maximum is not None and number > maximum:
-        raise _fail(field, f"must be <= {maximum:g}", value)
-    return number
+    if type(value) in _NUMBER_TYPES and 0 <= value <= 100:
+        return float(value)
+    raise _number_failure(obj, "job_success", maximum=100)
 
 
 def _bool(obj: dict[str, Any], field: str) -> bool:
-    value = _get(obj, field)
-    if type(value) is not bool:
-        raise _fail(field, "must be true or false", value)
-    return value
+    value: Any = obj.get(field)
+    if type(value) is bool:
+        return value
+    raise _absent_or(obj, field, "must be true or false")
 
 
-def _skills(obj: dict[str, Any], field: str, max_items: int | None = None) -> tuple[str, ...]:
-    value = _get(obj, field)
-    if type(value) is not list or any(type(item) is not str for item in value):
-        raise _fail(field, "must be a list of strings", value)
+def _skills(obj: dict[str, Any], max_items: int | None = None) -> tuple[str, ...]:
+    value: Any = obj.get("skills")
+    if type(value) is not list or not all(type(item) is str for item in value):
+        raise _absent_or(obj, "skills", "must be a list of strings")
     if max_items is not None and len(value) > max_items:
-        raise _Bad(f"field {field}: must hold at most {max_items} items, got {len(value)}")
+        msg = f"field skills: must hold at most {max_items} items, got {len(value)}"
+        raise InvalidEventError(msg, "skills")
     return tuple(value)
 
 
 def _country(obj: dict[str, Any]) -> str:
-    value = _get(obj, "country")
-    if type(value) is not str or len(value) != 2 or not ("A" <= value[0] <= "Z"
-                                                          and "A" <= value[1] <= "Z"):
-        raise _fail("country", "must be an ISO 3166 alpha-2 code", value)
-    return value
+    value: Any = obj.get("country")
+    if type(value) is str and value in COUNTRY_CODES:
+        return value
+    raise _absent_or(obj, "country", "must be an ISO 3166 alpha-2 code")
+
+
+# --- time ---------------------------------------------------------------------------------------
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146_097 + day_of_era - 719_468
+
+
+@lru_cache(maxsize=4096)
+def _hour_start(prefix: str) -> int | None:
+    """`YYYY-MM-DDTHH` → seconds since the epoch, or None if no such hour. Events come in near time
+    order, so a few thousand hours cached make this a dict lookup."""
+    year, month, day, hour = int(prefix[:4]), int(prefix[5:7]), int(prefix[8:10]), int(prefix[11:])
+    if not (year >= 1 and 1 <= month <= 12 and day >= 1 and hour <= 23):
+        return None
+    leap = month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if day > _DAYS_IN_MONTH[month] + leap:
+        return None
+    return (_days_from_civil(year, month, day) * 24 + hour) * 3600
 
 
 def parse_time(value: object, field: str = "event_time") -> int:
-    """RFC 3339 with an offset → integer microseconds since the epoch, UTC."""
+    """RFC 3339 with an offset → integer microseconds since the epoch, UTC.
+
+    Raises `InvalidEventError` naming `field` and the value."""
     if type(value) is not str:
         raise _fail(field, "must be an RFC 3339 string", value)
     match = _RFC3339.fullmatch(value)
     if match is None:
         raise _fail(field, "must be RFC 3339 with an offset (like 2026-03-01T12:00:00Z)", value)
-    y, mo, d, h, mi, s, frac, zulu, sign, oh, om = match.groups()
-    try:
-        moment = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=UTC)
-    except ValueError:
-        raise _fail(field, "is not a real date and time", value) from None
-    micros = int((frac or "0")[:6].ljust(6, "0"))
-    offset = 0 if zulu else (int(oh) * 60 + int(om)) * (1 if sign == "+" else -1)
-    if not zulu and (int(oh) > 23 or int(om) > 59):
-        raise _fail(field, "has an out-of-range offset", value)
-    delta = moment - _EPOCH - timedelta(minutes=offset)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + micros
+    minute, second, fraction, sign, offset_hours, offset_minutes = match.groups()
+    hour_start = _hour_start(value[:13])
+    minute_, second_ = int(minute), int(second)
+    if hour_start is None or minute_ > 59 or second_ > 59:
+        raise _fail(field, "is not a real date and time", value)
+    micros = (hour_start + minute_ * 60 + second_) * 1_000_000
+    if fraction is not None:
+        micros += int(fraction[:6].ljust(6, "0"))
+    if sign is not None:
+        hours, minutes = int(offset_hours), int(offset_minutes)
+        if hours > 23 or minutes > 59:
+            raise _fail(field, "has an out-of-range offset", value)
+        offset = (hours * 60 + minutes) * 60_000_000
+        micros += -offset if sign == "+" else offset
+    return micros
 
 
 def format_time(micros: int) -> str:
@@ -224,40 +306,68 @@ def to_datetime(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+# --- events -------------------------------------------------------------------------------------
+
+
 def _job_posted(obj: dict[str, Any], event_id: str, ts: int) -> JobPosted:
-    budget_min = _number(obj, "budget_min")
-    budget_max = _number(obj, "budget_max")
-    assert budget_min is not None and budget_max is not None
+    budget_min = _amount(obj, "budget_min")
+    budget_max = _amount(obj, "budget_max")
     if budget_min > budget_max:
-        raise _Bad(f"field budget_max: must be >= budget_min ({budget_min:g}), got {budget_max:g}")
-    return JobPosted(event_id, ts, _id(obj, "job_id"), _id(obj, "client_id"), _str(obj, "title"),
-                     _skills(obj, "skills", MAX_JOB_SKILLS), _choice(obj, "budget_type", BUDGET_TYPES),
-                     budget_min, budget_max, _choice(obj, "experience_level", EXPERIENCE_LEVELS),
-                     _str(obj, "category"))
+        rule = f"must be >= budget_min ({_show(obj['budget_min'])})"
+        error = _fail("budget_max", rule, obj["budget_max"])
+        raise error
+    return JobPosted(
+        event_id,
+        ts,
+        _id(obj, "job_id"),
+        _id(obj, "client_id"),
+        _str(obj, "title"),
+        _skills(obj, MAX_JOB_SKILLS),
+        _choice(obj, "budget_type", BUDGET_TYPES),
+        budget_min,
+        budget_max,
+        _choice(obj, "experience_level", EXPERIENCE_LEVELS),
+        _str(obj, "category"),
+    )
 
 
 def _freelancer_profile(obj: dict[str, Any], event_id: str, ts: int) -> FreelancerProfile:
-    rate = _number(obj, "hourly_rate")
-    earned = _number(obj, "total_earned")
-    assert rate is not None and earned is not None
-    return FreelancerProfile(event_id, ts, _id(obj, "freelancer_id"), _country(obj), rate,
-                             _skills(obj, "skills"),
-                             _number(obj, "job_success", maximum=100.0, nullable=True),
-                             earned, _bool(obj, "top_rated"))
+    return FreelancerProfile(
+        event_id,
+        ts,
+        _id(obj, "freelancer_id"),
+        _country(obj),
+        _amount(obj, "hourly_rate"),
+        _skills(obj),
+        _job_success(obj),
+        _amount(obj, "total_earned"),
+        _bool(obj, "top_rated"),
+    )
 
 
 def _proposal_submitted(obj: dict[str, Any], event_id: str, ts: int) -> ProposalSubmitted:
-    bid = _number(obj, "bid_amount", strict=True)
-    assert bid is not None
-    return ProposalSubmitted(event_id, ts, _id(obj, "proposal_id"), _id(obj, "job_id"),
-                             _id(obj, "client_id"), _id(obj, "freelancer_id"), bid,
-                             _str(obj, "cover_letter", MAX_COVER_LETTER_CHARS))
+    return ProposalSubmitted(
+        event_id,
+        ts,
+        _id(obj, "proposal_id"),
+        _id(obj, "job_id"),
+        _id(obj, "client_id"),
+        _id(obj, "freelancer_id"),
+        _bid_amount(obj),
+        _str(obj, "cover_letter", MAX_COVER_LETTER_CHARS),
+    )
 
 
 def _proposal_action(obj: dict[str, Any], event_id: str, ts: int) -> ProposalAction:
-    return ProposalAction(event_id, ts, _id(obj, "proposal_id"), _id(obj, "job_id"),
-                          _id(obj, "client_id"), _id(obj, "freelancer_id"),
-                          _choice(obj, "action", ACTIONS))
+    return ProposalAction(
+        event_id,
+        ts,
+        _id(obj, "proposal_id"),
+        _id(obj, "job_id"),
+        _id(obj, "client_id"),
+        _id(obj, "freelancer_id"),
+        _choice(obj, "action", ACTIONS),
+    )
 
 
 _BUILDERS: dict[str, Callable[[dict[str, Any], str, int], Event]] = {
@@ -268,30 +378,42 @@ _BUILDERS: dict[str, Callable[[dict[str, Any], str, int], Event]] = {
 }
 
 
+def _raw_text(raw: str | bytes) -> str:
+    """The raw input as text fit for the dead-letter table (valid UTF-8 whatever came in)."""
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become '?'
+    return bytes(raw).decode("utf-8", "replace")
+
+
 def parse_event(raw: str | bytes) -> Event | Rejection:
     """One JSON text → a typed event, or a rejection that says which rule it broke."""
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else raw
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return Rejection(text, f"invalid JSON: {exc}")
+        return Rejection(_raw_text(raw), f"invalid JSON: {exc}")
     if type(obj) is not dict:
-        return Rejection(text, "invalid event: must be a JSON object")
+        return Rejection(_raw_text(raw), "invalid event: must be a JSON object")
     try:
         event_id = _id(obj, "event_id")
-        event_type = _get(obj, "event_type")
+        event_type = obj.get("event_type")
         builder = _BUILDERS.get(event_type) if type(event_type) is str else None
         if builder is None:
-            raise _fail("event_type", f"must be one of {', '.join(EVENT_TYPES)}", event_type)
-        return builder(obj, event_id, parse_time(_get(obj, "event_time")))
-    except _Bad as bad:
-        return Rejection(text, str(bad))
+            raise _absent_or(obj, "event_type", f"must be one of {', '.join(EVENT_TYPES)}")
+        event_time = obj.get("event_time", _MISSING)
+        if event_time is _MISSING:
+            raise _absent_or(obj, "event_time", "")
+        return builder(obj, event_id, parse_time(event_time))
+    except InvalidEventError as bad:
+        return Rejection(_raw_text(raw), bad.reason)
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
     """The contract's JSON form of a typed event (used by the simulator and tests)."""
-    out: dict[str, Any] = {"event_id": event.event_id, "event_type": event.event_type,
-                           "event_time": format_time(event.event_time)}
+    out: dict[str, Any] = {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "event_time": format_time(event.event_time),
+    }
     for field in event.__dataclass_fields__:
         if field not in out:
             value = getattr(event, field)
