@@ -95,42 +95,89 @@ _EMPTY = {
 }
 
 
+_ROUTES = {t: tuple(entities_of_event(t)) for t in
+           ("job_posted", "freelancer_profile", "proposal_submitted", "proposal_action")}
+
+
 def route(event: Event) -> list[tuple[str, str]]:
     """The (entity name, entity id) pairs an event changes."""
-    return [(e.name, getattr(event, e.join_key)) for e in entities_of_event(event.event_type)]
+    return [(e.name, getattr(event, e.join_key)) for e in _ROUTES[event.event_type]]
 
 
 class EntityState:
-    """One entity's tiles (per windowed feature) and latest events (per profile event type)."""
+    """One entity's tiles and running totals (per windowed feature), and its latest profile
+    events (per event type).
 
-    __slots__ = ("tiles", "last", "emitted", "stamp")
+    Invariant: `totals[i]` is the merge of `tiles[i]`, and `tiles[i]` holds only tiles inside the
+    window at the latest time the state was read or pruned, in start order. Reads then cost
+    O(features), not O(tiles); pruning subtracts exactly (see `tiles.subtract`).
+    """
+
+    __slots__ = ("tiles", "totals", "last", "emitted", "stamp")
 
     def __init__(self, empty: Values) -> None:
         self.tiles: list[dict[int, Any] | None] = [None] * len(empty)
+        self.totals: list[Any] = [None] * len(empty)
         self.last: dict[str, Event] = {}
         self.emitted = empty  # the values of its latest change-log row
         self.stamp = NEVER  # when its values last changed
 
-    def read(self, specs: tuple[FeatureSpec, ...], t: int) -> Values:
-        """The entity's feature vector at time t."""
+    def fold(self, i: int, spec: FeatureSpec, start: int, value: Any) -> bool:
+        """Add one event to tile `start` of feature i; True if the tile is new."""
+        held = self.tiles[i]
+        if held is None:
+            held = self.tiles[i] = {}
+        agg = spec.agg
+        total = self.totals[i]
+        self.totals[i] = tiles.build(agg, value) if total is None else tiles.fold(agg, total, value)
+        partial = held.get(start)
+        if partial is not None:
+            held[start] = tiles.fold(agg, partial, value)
+            return False
+        out_of_order = bool(held) and start < next(reversed(held))
+        held[start] = tiles.build(agg, value)
+        if out_of_order:  # a late event opened an older tile: keep start order
+            self.tiles[i] = dict(sorted(held.items()))
+        return True
+
+    def read(self, specs: tuple[FeatureSpec, ...]) -> Values:
+        """The entity's feature vector (as of the time it was last pruned to)."""
         out: list[Any] = []
+        totals = self.totals
+        last = self.last
         for i, spec in enumerate(specs):
             if spec.window is not None:
-                out.append(tiles.read(spec.agg, spec.window, self.tiles[i] or {}, t))
+                total = totals[i]
+                if spec.agg is Agg.COUNT:
+                    out.append(0 if total is None else total)
+                else:
+                    out.append(tiles.value(spec.agg, total))
             else:
-                event = self.last.get(spec.event_type)
-                value = None if event is None else getattr(event, spec.value)  # type: ignore[arg-type]
-                out.append(value)
+                event = last.get(spec.event_type)
+                out.append(None if event is None else getattr(event, spec.value))  # type: ignore[arg-type]
         return tuple(out)
 
     def prune(self, specs: tuple[FeatureSpec, ...], t: int) -> None:
-        """Drop tiles that no read at or after t can include."""
-        for i, spec in enumerate(specs):
-            held = self.tiles[i]
-            if held and spec.window is not None:
-                lo = tiles.window_start(t, spec.window)
-                for start in [s for s in held if s < lo]:
-                    del held[start]
+        """Drop the tiles that have left their window at t (reads come at non-decreasing t)."""
+        for i, held in enumerate(self.tiles):
+            if not held:
+                continue
+            spec = specs[i]
+            window = spec.window
+            assert window is not None
+            lo = t - t % window.hop_us - window.length_us
+            if next(iter(held)) >= lo:
+                continue
+            gone = []
+            for start in held:
+                if start >= lo:
+                    break
+                gone.append(start)
+            for start in gone:
+                self.totals[i] = tiles.subtract(spec.agg, self.totals[i], held.pop(start))
+            if not held:
+                self.tiles[i] = None
+                self.totals[i] = None
 
     def is_empty(self) -> bool:
         return not self.last and not any(self.tiles)
@@ -173,20 +220,14 @@ class ShardEngine:
             expires = tiles.expiry(start, window)
             if expires <= self.clock:
                 continue  # so late it has already left its window: changes nothing now
-            held = state.tiles[i]
-            if held is None:
-                held = state.tiles[i] = {}
             value = getattr(event, spec.value) if spec.value else None
-            partial = held.get(start)
-            if partial is None:
-                held[start] = tiles.build(spec.agg, value)
+            if state.fold(i, spec, start, value):
                 heapq.heappush(self.due, (expires, update.entity, update.entity_id))
-            else:
-                held[start] = tiles.fold(spec.agg, partial, value)
         if plan.keeps_last:
             kept = state.last.get(event.event_type)
             if kept is None or kept.event_time <= event.event_time:
                 state.last[event.event_type] = event
+        state.stamp = self.clock
         self.pending[key] = None
         self.dirty[key] = None
 
@@ -231,14 +272,18 @@ class ShardEngine:
                     out.append(dropped)
                 continue
             name, entity_id = key
-            out.append(Change(name, entity_id, state.stamp, state.read(_SPECS[name], self.clock)))
+            state.prune(_SPECS[name], self.clock)  # a boundary due right at the clock
+            out.append(Change(name, entity_id, state.stamp, state.read(_SPECS[name])))
         self.dirty = {}
         return out
 
     def value(self, entity: Entity, entity_id: str) -> Values | None:
         """An entity's values at the clock (None if it has no state)."""
         state = self.entities.get((entity.name, entity_id))
-        return None if state is None else state.read(_SPECS[entity.name], self.clock)
+        if state is None:
+            return None
+        state.prune(_SPECS[entity.name], self.clock)
+        return state.read(_SPECS[entity.name])
 
     def _finalise_pending(self) -> None:
         for key in self.pending:
@@ -251,7 +296,7 @@ class ShardEngine:
             return
         specs = _SPECS[key[0]]
         state.prune(specs, stamp)
-        values = state.read(specs, stamp)
+        values = state.read(specs)
         if values != state.emitted:
             change = Change(key[0], key[1], stamp, values)
             self.changes.append(change)

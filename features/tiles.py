@@ -82,6 +82,25 @@ def merge(agg: Agg, left: Partial, right: Partial) -> Partial:
     return out
 
 
+def subtract(agg: Agg, total: Partial, partial: Partial) -> Partial:
+    """Remove a partial that was merged into `total` (exact: the inverse of `merge`)."""
+    if agg is Agg.COUNT:
+        return total - partial
+    total[0] -= partial[0]
+    for x in partial[1:]:
+        _add_exact(total, -x)
+    return total
+
+
+def value(agg: Agg, partial: Partial | None) -> int | float | None:
+    """The feature value of one (merged) partial; None stands for no events."""
+    if partial is None:
+        return 0 if agg is Agg.COUNT else None
+    if agg is Agg.COUNT:
+        return partial  # type: ignore[no-any-return]
+    return math.fsum(partial[1:]) / partial[0] if partial[0] else None
+
+
 def finish(agg: Agg, partials: Iterable[Partial]) -> int | float | None:
     """The feature value of a set of partials: a count (0 if none), a mean (None if none)."""
     if agg is Agg.COUNT:

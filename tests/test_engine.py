@@ -130,3 +130,22 @@ def test_sequencer_drops_repeats_and_late_events() -> None:
     assert seq.admit(proposal(4, "2026-03-02T11:00:00Z")) is None
     assert "e1" not in seq.seen  # forgotten once a repeat would be late anyway
     assert seq.admit(first) == "late"
+
+
+@settings(max_examples=100, deadline=None)
+@given(ordered_streams(), st.integers(1, 5))
+def test_online_values_after_every_batch_equal_oracle(events: list[Event], batch: int) -> None:
+    """What Redis would hold after each batch is the oracle's value at the clock then."""
+    sequencer = Sequencer(LATENESS)
+    engine = ShardEngine()
+    for start in range(0, len(events), batch):
+        items: list[Update | Tick] = []
+        for event in events[start:start + batch]:
+            if sequencer.admit(event) is None:
+                items += [Update(n, i, event, sequencer.clock) for n, i in route(event)]
+        items.append(Tick(sequencer.clock))
+        engine.process(items)
+        so_far = events[:start + batch]
+        for change in engine.drain_online():
+            entity = next(e for e, _ in oracle.entity_ids(so_far) if e.name == change.entity)
+            assert change.values == oracle.vector(entity, so_far, change.entity_id, engine.clock)

@@ -1,0 +1,207 @@
+"""Where features go: the Delta change log (append), Redis (update), and dead letters.
+
+Sinks see replays after a crash, so each is idempotent:
+- Delta tables record, per writer lane (a shard, or a source partition), the newest stamp or
+  position committed, as a Delta app transaction in the same atomic commit as the rows. A replayed
+  row at or before that mark is skipped. A shard emits its rows in stamp order and each stamp's
+  rows in one output, so the mark is exact.
+- Redis writes are guarded per entity by the stamp they carry: an older value never overwrites a
+  newer one (`features.online_layout`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+import redis
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+from features import offline_layout, online_layout
+from features.settings import Settings
+from features.specs import ENTITIES
+from flows.items import DeadLetter, ShardOutput
+from flows.metrics import METRICS
+
+DEAD_LETTER_SCHEMA = pa.schema([
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("position", pa.int64(), nullable=False),
+    pa.field("raw", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("seen", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+_ENTITY = {e.name: e for e in ENTITIES}
+
+
+def dead_letter_uri(settings: Settings) -> str:
+    return settings.lake_path("dead_letters")
+
+
+class _Lanes:
+    """Committed marks per lane of one table, loaded lazily from its Delta log."""
+
+    def __init__(self, uri: str, storage: dict[str, str] | None) -> None:
+        self.uri = uri
+        self.storage = storage
+        self.marks: dict[str, int] = {}
+        self._table = DeltaTable(uri, storage_options=storage) \
+            if DeltaTable.is_deltatable(uri, storage_options=storage) else None
+
+    def mark(self, lane: str) -> int:
+        if lane not in self.marks:
+            version = self._table.transaction_version(lane) if self._table else None
+            self.marks[lane] = -1 if version is None else version
+        return self.marks[lane]
+
+    def commit(self, data: pa.Table, new_marks: dict[str, int], partition_by: list[str]) -> None:
+        txns = [Transaction(lane, mark) for lane, mark in sorted(new_marks.items())]
+        write_deltalake(self.uri, data, mode="append", partition_by=partition_by,
+                        storage_options=self.storage,
+                        commit_properties=CommitProperties(app_transactions=txns))
+        self.marks.update(new_marks)
+
+
+class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
+    def __init__(self, settings: Settings, trigger_s: float, max_rows: int) -> None:
+        self._lanes = {e.name: _Lanes(offline_layout.changelog_uri(settings, e), None)
+                       for e in ENTITIES}
+        self._rows: dict[str, list[tuple[str, int, Any]]] = defaultdict(list)
+        self._marks: dict[str, dict[str, int]] = defaultdict(dict)
+        self._buffered = 0
+        self._trigger_s = trigger_s
+        self._max_rows = max_rows
+        self._last_flush = time.monotonic()
+
+    def write_batch(self, values: list[ShardOutput]) -> None:
+        for out in values:
+            lane = f"shard-{out.shard}"
+            for change in out.changes:
+                lanes = self._lanes[change.entity]
+                if change.stamp <= lanes.mark(lane):
+                    continue  # already committed by an earlier run
+                self._rows[change.entity].append((change.entity_id, change.stamp, change.values))
+                self._marks[change.entity][lane] = change.stamp
+                self._buffered += 1
+        if (self._buffered >= self._max_rows
+                or time.monotonic() - self._last_flush >= self._trigger_s):
+            self.flush()
+
+    def flush(self) -> None:
+        for name, rows in self._rows.items():
+            if rows:
+                table = offline_layout.changelog_table(_ENTITY[name], rows)
+                self._lanes[name].commit(table, self._marks[name],
+                                         [offline_layout.PARTITION_COLUMN])
+                METRICS.changes.inc(len(rows))
+        self._rows.clear()
+        self._marks.clear()
+        self._buffered = 0
+        self._last_flush = time.monotonic()
+
+    def snapshot(self) -> None:
+        # An epoch ends: everything before it must be durable before Bytewax records the epoch.
+        self.flush()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class ChangelogSink(FixedPartitionedSink[ShardOutput, None]):
+    """The offline store: append each entity's change-log rows to its Delta table."""
+
+    def __init__(self, settings: Settings, trigger_s: float = 0.0, max_rows: int = 500_000):
+        self.settings = settings
+        self.trigger_s = trigger_s
+        self.max_rows = max_rows
+
+    def list_parts(self) -> list[str]:
+        return ["changelog"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ChangelogPartition:
+        offline_layout.create_changelog_tables(self.settings)
+        return _ChangelogPartition(self.settings, self.trigger_s, self.max_rows)
+
+
+class _DeadLetterPartition(StatefulSinkPartition[DeadLetter, None]):
+    def __init__(self, uri: str) -> None:
+        self._lanes = _Lanes(uri, None)
+        self._rows: list[DeadLetter] = []
+
+    def write_batch(self, values: list[DeadLetter]) -> None:
+        for letter in values:
+            if letter.position > self._lanes.mark(f"source-{letter.partition}"):
+                self._rows.append(letter)
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        rows = self._rows
+        table = pa.Table.from_pydict({
+            "source": [r.partition for r in rows], "position": [r.position for r in rows],
+            "raw": [r.raw for r in rows], "reason": [r.reason for r in rows],
+            "seen": [r.seen_us for r in rows]}, schema=DEAD_LETTER_SCHEMA)
+        marks: dict[str, int] = {}
+        for r in rows:
+            marks[f"source-{r.partition}"] = max(marks.get(f"source-{r.partition}", -1),
+                                                 r.position)
+        self._lanes.commit(table, marks, [])
+        self._rows = []
+
+    def snapshot(self) -> None:
+        self.flush()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class DeadLetterSink(FixedPartitionedSink[DeadLetter, None]):
+    """Events that broke the contract, with their raw text, the reason and when they were seen."""
+
+    def __init__(self, settings: Settings):
+        self.uri = dead_letter_uri(settings)
+
+    def list_parts(self) -> list[str]:
+        return ["dead_letters"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeadLetterPartition:
+        return _DeadLetterPartition(self.uri)
+
+
+class _OnlinePartition(StatelessSinkPartition[ShardOutput]):
+    def __init__(self, url: str, project: str) -> None:
+        self._client = redis.Redis.from_url(url)
+        self._project = project
+
+    def write_batch(self, items: list[ShardOutput]) -> None:
+        updates = [online_layout.EntityUpdate(_ENTITY[c.entity], c.entity_id, c.values, c.stamp)
+                   for out in items for c in out.online]
+        if updates:
+            online_layout.write_entities(self._client, self._project, updates)
+            METRICS.online_writes.inc(len(updates))
+        if items:
+            clock = max(out.clock for out in items)
+            METRICS.clock.set(clock / 1e6)
+            METRICS.lag.set(time.time() - clock / 1e6)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class OnlineSink(DynamicSink[ShardOutput]):
+    """The online store: each changed entity's latest values, in Feast's Redis layout."""
+
+    def __init__(self, settings: Settings):
+        self.url = settings.redis_url
+        self.project = settings.feast_project
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _OnlinePartition:
+        return _OnlinePartition(self.url, self.project)
