@@ -52,9 +52,7 @@ class EntityUpdate(NamedTuple):
 # --- protobuf wire format ---------------------------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    if 0 <= value < 0x80:
-        return bytes((value,))
+def _slow_varint(value: int) -> bytes:
     value &= 0xFFFF_FFFF_FFFF_FFFF  # int64 fields encode negatives as 10-byte two's complement
     out = bytearray()
     while value > 0x7F:
@@ -62,6 +60,15 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Counts and lengths are almost always small: their varints are looked up, not built.
+_SMALL = 1 << 14
+_VARINTS = tuple(_slow_varint(n) for n in range(_SMALL))
+
+
+def _varint(value: int) -> bytes:
+    return _VARINTS[value] if 0 <= value < _SMALL else _slow_varint(value)
 
 
 def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
@@ -79,10 +86,6 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _length_delimited(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
-
-
 # ValueProto field tags: (field number << 3) | wire type.
 _INT64, _DOUBLE, _BOOL, _STRING, _UNIX_TS, _STRING_LIST = (
     b"\x20",
@@ -93,12 +96,15 @@ _INT64, _DOUBLE, _BOOL, _STRING, _UNIX_TS, _STRING_LIST = (
     b"\x62",
 )
 _TRUE, _FALSE = _BOOL + b"\x01", _BOOL + b"\x00"
+_INTS = tuple(_INT64 + v for v in _VARINTS)
+_STRING_HEADS = tuple(_STRING + v for v in _VARINTS)
+_ITEM_HEADS = tuple(b"\x0a" + v for v in _VARINTS)  # StringList.val, field 1
 _pack_double = struct.Struct("<d").pack
 _unpack_double = struct.Struct("<d").unpack_from
 
 
 def _encode_int(value: Any) -> bytes:
-    return _INT64 + _varint(value)
+    return _INTS[value] if 0 <= value < _SMALL else _INT64 + _slow_varint(value)
 
 
 def _encode_float(value: Any) -> bytes:
@@ -110,12 +116,20 @@ def _encode_bool(value: Any) -> bytes:
 
 
 def _encode_string(value: Any) -> bytes:
-    return _length_delimited(_STRING, value.encode())
+    raw = value.encode()
+    size = len(raw)
+    return (_STRING_HEADS[size] if size < _SMALL else _STRING + _slow_varint(size)) + raw
 
 
 def _encode_strings(value: Any) -> bytes:
-    inner = b"".join([_length_delimited(b"\x0a", item.encode()) for item in value])
-    return _length_delimited(_STRING_LIST, inner)
+    parts = []
+    for item in value:
+        raw = item.encode()
+        size = len(raw)
+        parts.append(_ITEM_HEADS[size] if size < _SMALL else b"\x0a" + _slow_varint(size))
+        parts.append(raw)
+    inner = b"".join(parts)
+    return _STRING_LIST + _varint(len(inner)) + inner
 
 
 def _encode_timestamp(value: Any) -> bytes:
@@ -260,9 +274,10 @@ def _feature_items(lay: EntityLayout, values: Sequence[Any]) -> list[bytes]:
         msg = f"{lay.view}: expected {len(lay.fields)} values, got {len(values)}"
         raise ValueError(msg)
     items: list[bytes] = []
-    for field, encoder, value in zip(lay.fields, lay.encoders, values, strict=True):
-        items.append(field)
-        items.append(b"" if value is None else encoder(value))
+    append = items.append
+    for field, encoder, value in zip(lay.fields, lay.encoders, values):  # noqa: B905 (checked)
+        append(field)
+        append(b"" if value is None else encoder(value))
     return items
 
 
