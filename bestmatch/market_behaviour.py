@@ -261,10 +261,10 @@ def _letter_skill(
     return np.where(spam, fl.skill_list[freelancer, 0], named)
 
 
-def _proposals(
-    rng: np.random.Generator, fl: Freelancers, jobs: Jobs, start: int, end: int
-) -> Proposals:
-    # regular proposals: a stream after each post, most of it in the first hours
+def _regular_proposals(
+    rng: np.random.Generator, fl: Freelancers, jobs: Jobs
+) -> tuple[np.ndarray, ...]:
+    """A stream after each post, most of it in the first hours, mostly from its category."""
     mean = _MEAN_PROPOSALS * _LEVEL_PULL[jobs.level]
     job = np.repeat(np.arange(len(jobs)), rng.negative_binomial(4, 4 / (4 + mean)))
     n = job.size
@@ -284,53 +284,60 @@ def _proposals(
         np.where(phase < 0.9, rng.exponential(7 * HOUR, n), rng.uniform(DAY, 4 * DAY, n)),
     )
     time = jobs.time[job] + 20 * SECOND + offset.astype(np.int64)
-    lo, hi = jobs.budget_min[job], jobs.budget_max[job]
+    # hourly: between the freelancer's rate and the budget; fixed: around the budget, dearer
+    # for dearer freelancers
     rate = fl.rate[freelancer]
-    mid = (lo + hi) / 2
+    mid = (jobs.budget_min[job] + jobs.budget_max[job]) / 2
     hourly_bid = rate**0.6 * mid**0.4 * rng.lognormal(0.0, 0.15, n)
-    fixed_bid = (
-        mid
-        * (rate / vocab.CATEGORY_RATE[fl.category[freelancer]]) ** 0.3
-        * rng.lognormal(0.0, 0.25, n)
-    )
-    hourly = jobs.hourly[job]
-    bid = np.where(hourly, np.round(hourly_bid, 2), np.round(fixed_bid))
+    dearness = rate / vocab.CATEGORY_RATE[fl.category[freelancer]]
+    fixed_bid = mid * dearness**0.3 * rng.lognormal(0.0, 0.25, n)
+    bid = np.where(jobs.hourly[job], np.round(hourly_bid, 2), np.round(fixed_bid))
+    return job, freelancer, time, bid
 
-    # spam bursts: a spammer fires short near-identical letters at whatever was posted lately
+
+def _spam_proposals(
+    rng: np.random.Generator, fl: Freelancers, jobs: Jobs, start: int, end: int
+) -> tuple[np.ndarray, ...]:
+    """Bursts: a spammer fires cheap bids at whatever was posted in the last day, a minute or
+    so apart."""
     spammers = np.flatnonzero(fl.spammer)
-    burst_f = np.repeat(
-        spammers, rng.poisson(_SPAM_BURSTS_PER_DAY * (end - start) / DAY, spammers.size)
-    )
+    bursts = rng.poisson(_SPAM_BURSTS_PER_DAY * (end - start) / DAY, spammers.size)
+    burst_f = np.repeat(spammers, bursts)
     burst_t = rng.integers(start + HOUR, end, burst_f.size)
     size = rng.integers(8, 25, burst_f.size)
-    s_f, s_t = np.repeat(burst_f, size), np.repeat(burst_t, size)
-    gaps = np.cumsum(rng.exponential(45 * SECOND, s_f.size) + 5 * SECOND)
+    freelancer, time = np.repeat(burst_f, size), np.repeat(burst_t, size)
+    gaps = np.cumsum(rng.exponential(45 * SECOND, freelancer.size) + 5 * SECOND)
     first = np.repeat(np.cumsum(size) - size, size)
-    s_t = s_t + (gaps - gaps[first]).astype(np.int64)
-    lo_i = np.searchsorted(jobs.time, s_t - DAY)
-    hi_i = np.searchsorted(jobs.time, s_t - MINUTE)
-    s_job = lo_i + (rng.random(s_f.size) * (hi_i - lo_i)).astype(np.int64)
-    keep = hi_i > lo_i
-    s_f, s_t, s_job = s_f[keep], s_t[keep], s_job[keep]
-    s_bid = np.where(
-        jobs.hourly[s_job],
-        np.round(fl.rate[s_f] * rng.uniform(0.6, 0.9, s_f.size), 2),
-        np.round(jobs.budget_min[s_job] * rng.uniform(0.3, 0.7, s_f.size)),
+    time = time + (gaps - gaps[first]).astype(np.int64)
+    lo = np.searchsorted(jobs.time, time - DAY)
+    hi = np.searchsorted(jobs.time, time - MINUTE)
+    job = lo + (rng.random(freelancer.size) * (hi - lo)).astype(np.int64)
+    keep = hi > lo
+    job, freelancer, time = job[keep], freelancer[keep], time[keep]
+    bid = np.where(
+        jobs.hourly[job],
+        np.round(fl.rate[freelancer] * rng.uniform(0.6, 0.9, job.size), 2),
+        np.round(jobs.budget_min[job] * rng.uniform(0.3, 0.7, job.size)),
     )
+    return job, freelancer, time, bid
 
-    job = np.concatenate([job, s_job])
-    freelancer = np.concatenate([freelancer, s_f])
-    time = np.concatenate([time, s_t])
-    bid = np.maximum(np.concatenate([bid, s_bid]), 1.0)
-    spam = np.concatenate([np.zeros(n, dtype=bool), np.ones(s_f.size, dtype=bool)])
+
+def _proposals(
+    rng: np.random.Generator, fl: Freelancers, jobs: Jobs, start: int, end: int
+) -> Proposals:
+    regular = _regular_proposals(rng, fl, jobs)
+    spammy = _spam_proposals(rng, fl, jobs, start, end)
+    job, freelancer, time, bid = (
+        np.concatenate(pair) for pair in zip(regular, spammy, strict=True)
+    )
+    bid = np.maximum(bid, 1.0)
+    spam = np.repeat([False, True], [regular[0].size, spammy[0].size])
     letter_skill = _letter_skill(rng, fl, jobs, job, freelancer, spam)
     variant = rng.integers(0, vocab.LETTER_VARIANTS, job.size)
     # one proposal per freelancer and job (the earliest), nothing after the end, in time order
     order = np.lexsort((time, freelancer, job))
     first_pair = np.ones(order.size, dtype=bool)
-    first_pair[1:] = (job[order][1:] != job[order][:-1]) | (
-        freelancer[order][1:] != freelancer[order][:-1]
-    )
+    first_pair[1:] = (np.diff(job[order]) != 0) | (np.diff(freelancer[order]) != 0)
     keep = order[first_pair & (time[order] < end)]
     keep = keep[np.argsort(time[keep], kind="stable")]
     return Proposals(
@@ -382,6 +389,11 @@ def proposal_signals(
         "job_proposals": np.maximum(per_job[props.job], 1),
         "position": position / np.maximum(per_job[props.job], 1),
     }
+
+
+def _delay(rng: np.random.Generator, median: float, size: int) -> np.ndarray:
+    """Log-normal waits (ms) of the given median, at least a few seconds."""
+    return 5 * SECOND + rng.lognormal(np.log(median), 1.0, size)
 
 
 def _recent_record(past: list[tuple[np.ndarray, np.ndarray]], now: int, n: int) -> np.ndarray:
@@ -451,18 +463,11 @@ def _actions(
         top[order[np.r_[True, job[order][1:] != job[order][:-1]]]] = True
         hired = top & messaged & (draws[4] < 0.8)
 
-        wait = latency[client]
-        t_view = props.time[r] + (
-            (30 * SECOND + rng.lognormal(np.log(40 * MINUTE), 1.0, m)) * wait
-        ).astype(np.int64)
-        t_short = t_view + (10 * SECOND + rng.lognormal(np.log(8 * MINUTE), 1.0, m)).astype(
-            np.int64
-        )
-        t_arch = t_view + (5 * SECOND + rng.lognormal(np.log(3 * MINUTE), 1.0, m)).astype(np.int64)
-        t_msg = t_short + (30 * SECOND + rng.lognormal(np.log(45 * MINUTE), 1.0, m)).astype(
-            np.int64
-        )
-        t_hire = t_msg + (MINUTE + rng.lognormal(np.log(6 * HOUR), 0.8, m)).astype(np.int64)
+        t_view = props.time[r] + (_delay(rng, 40 * MINUTE, m) * latency[client]).astype(np.int64)
+        t_short = t_view + _delay(rng, 8 * MINUTE, m).astype(np.int64)
+        t_arch = t_view + _delay(rng, 3 * MINUTE, m).astype(np.int64)
+        t_msg = t_short + _delay(rng, 45 * MINUTE, m).astype(np.int64)
+        t_hire = t_msg + _delay(rng, 6 * HOUR, m).astype(np.int64)
         for code, mask, t in (
             (VIEWED, viewed, t_view),
             (SHORTLISTED, shortlisted, t_short),

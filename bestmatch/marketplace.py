@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import gzip
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +35,8 @@ EXPERIENCE_LEVELS = ("entry", "intermediate", "expert")
 EVENT_TYPES = ("freelancer_profile", "job_posted", "proposal_submitted", "proposal_action")
 DUPLICATE_RATE = 0.01
 INVALID_RATE = 0.006
-_CHUNK = 200_000
+_CHUNK = 100_000
+_THREADS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,7 @@ def simulate(
     """Write `days` of marketplace events from `start` (default 2026-01-05 00:00Z) to `out`.
 
     `out` is JSON Lines, gzip-compressed when its name ends in `.gz`. `progress` is called with the
-    number of lines written so far after every chunk of about 50,000 lines.
+    number of lines written so far after every chunk of about 100,000 lines.
     """
     if days < 1 or jobs_per_day < 1:
         msg = f"days and jobs_per_day must be >= 1, got days={days}, jobs_per_day={jobs_per_day}"
@@ -104,7 +107,7 @@ def simulate(
     clock = time.perf_counter()
     start_ms = round(begin.timestamp() * 1000)
     market = mb.simulate_market(days, jobs_per_day, seed, start_ms)
-    writer = _Writer(market, np.random.default_rng([seed, 1]) if dirty else None)
+    writer = _Writer(market, seed if dirty else None)
     out = Path(out)
     with _open(out) as sink:
         for written in writer.write(sink):
@@ -167,11 +170,18 @@ def _lines(frame: pl.DataFrame, event_type: str, *parts: str | pl.Expr) -> pl.Se
     return frame.select(pl.concat_str(pieces).alias("line")).to_series()
 
 
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    lines: pl.Series
+    duplicates: int
+    invalid: int
+
+
 class _Writer:
     """Renders the market's events in time order, chunk by chunk, with polars string kernels
     (the Python-level f-string per event was 5x slower); dirty lines are slotted in per chunk."""
 
-    def __init__(self, market: mb.Market, dirty_rng: np.random.Generator | None) -> None:
+    def __init__(self, market: mb.Market, dirty_seed: int | None) -> None:
         self.market = market
         self.written = self.duplicates = self.invalid = 0
         fl = market.freelancers
@@ -199,11 +209,11 @@ class _Writer:
         self.counts = {name: int(t.size) for name, t in zip(EVENT_TYPES, tables, strict=True)}
         codes = np.bincount(market.actions.action, minlength=len(mb.ACTION_NAMES))
         self.action_counts = {name: int(codes[i]) for i, name in enumerate(mb.ACTION_NAMES)}
-        self.dirty_rng = dirty_rng
+        self.dirty_seed = dirty_seed
         empty = np.empty(0, dtype=np.int64)
         self.dup_source, self.dup_after, self.bad = empty, empty, empty
-        if dirty_rng is not None:
-            self._plan_dirt(dirty_rng)
+        if dirty_seed is not None:
+            self._plan_dirt(np.random.default_rng([dirty_seed, 1]))
 
     def _plan_dirt(self, rng: np.random.Generator) -> None:
         n = self.times.size
@@ -216,21 +226,33 @@ class _Writer:
         self.bad = np.sort(rng.choice(n, int(n * INVALID_RATE), replace=False))
 
     def write(self, sink: IO[bytes]) -> Iterator[int]:
-        for begin in range(0, self.times.size, _CHUNK):
-            lines = self._chunk(begin, min(begin + _CHUNK, self.times.size))
-            lines.to_frame().write_csv(sink, include_header=False, quote_style="never")
-            self.written += lines.len()
-            yield self.written
+        """Write every line; yield the count so far after each chunk. Two chunks render at once
+        (polars releases the GIL), a bounded few ahead of the one being written."""
+        starts = range(0, self.times.size, _CHUNK)
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            ahead: deque[Future[_Chunk]] = deque()
+            for begin in starts:
+                ahead.append(pool.submit(self._chunk, begin, min(begin + _CHUNK, self.times.size)))
+                if len(ahead) > _THREADS:
+                    yield self._flush(ahead.popleft().result(), sink)
+            while ahead:
+                yield self._flush(ahead.popleft().result(), sink)
 
-    def _chunk(self, begin: int, end: int) -> pl.Series:
+    def _flush(self, chunk: _Chunk, sink: IO[bytes]) -> int:
+        chunk.lines.to_frame().write_csv(sink, include_header=False, quote_style="never")
+        self.written += chunk.lines.len()
+        self.duplicates += chunk.duplicates
+        self.invalid += chunk.invalid
+        return self.written
+
+    def _chunk(self, begin: int, end: int) -> _Chunk:
         """Lines of sorted positions [begin, end), each duplicate after its slot, each invalid
-        line right after the valid line it was made from."""
+        line right after the valid line it was made from. Depends on nothing but its range."""
         d0, d1 = np.searchsorted(self.dup_after, [begin, end])
         b0, b1 = np.searchsorted(self.bad, [begin, end])
         valid = np.arange(begin, end)
         position = np.concatenate([valid, self.dup_source[d0:d1], self.bad[b0:b1]])
         slot = np.concatenate([valid * 3, self.dup_after[d0:d1] * 3 + 1, self.bad[b0:b1] * 3 + 2])
-        self.duplicates += int(d1 - d0)
         parts = []
         renderers = (self._profiles, self._jobs, self._proposals, self._actions)
         for kind, render in enumerate(renderers):
@@ -244,17 +266,16 @@ class _Writer:
                     }
                 )
                 parts.append(pl.DataFrame({"line": render(frame), "slot": slot[where]}))
-        lines = pl.concat(parts).sort("slot", maintain_order=True)
+        lines = pl.concat(parts).sort("slot", maintain_order=True)["line"]
         if b1 > b0:
-            assert self.dirty_rng is not None
-            at = np.flatnonzero(lines["slot"].to_numpy() % 3 == 2)
+            rng = np.random.default_rng([self.dirty_seed, begin])
+            at = np.flatnonzero(slot[np.argsort(slot, kind="stable")] % 3 == 2)
             broken = [
-                corrupt(line, self.dirty_rng, self.invalid + i)
-                for i, line in enumerate(lines["line"].gather(at).to_list())
+                corrupt(line, rng, number)
+                for line, number in zip(lines.gather(at).to_list(), self.bad[b0:b1], strict=True)
             ]
-            self.invalid += len(broken)
-            return lines["line"].scatter(at, broken)
-        return lines["line"]
+            lines = lines.scatter(at, broken)
+        return _Chunk(lines, int(d1 - d0), int(b1 - b0))
 
     def _profiles(self, frame: pl.DataFrame) -> pl.Series:
         p = self.market.profiles
