@@ -26,23 +26,13 @@ from bytewax.outputs import (
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from features import offline_layout, online_layout
+from features.lake import DEAD_LETTER_SCHEMA, dead_letter_uri
 from features.settings import Settings
 from features.specs import ENTITIES
 from flows.items import DeadLetter, ShardOutput
 from flows.metrics import METRICS
 
-DEAD_LETTER_SCHEMA = pa.schema([
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("position", pa.int64(), nullable=False),
-    pa.field("raw", pa.string(), nullable=False),
-    pa.field("reason", pa.string(), nullable=False),
-    pa.field("seen", pa.timestamp("us", tz="UTC"), nullable=False),
-])
 _ENTITY = {e.name: e for e in ENTITIES}
-
-
-def dead_letter_uri(settings: Settings) -> str:
-    return settings.lake_path("dead_letters")
 
 
 class _Lanes:

@@ -6,8 +6,6 @@ batch), and positions that order them within their partition and resume them aft
 
 from __future__ import annotations
 
-import gzip
-import io
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,18 +14,13 @@ from typing import Any
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from features.bus import EVENT_FIELD, open_events
 from flows.items import End, RawBatch
-
-
-def _open(path: Path) -> io.BufferedReader:
-    if path.name.endswith(".gz"):
-        return io.BufferedReader(gzip.open(path, "rb"))  # type: ignore[arg-type]
-    return open(path, "rb")  # noqa: SIM115
 
 
 class _FilePartition(StatefulSourcePartition[RawBatch | End, int]):
     def __init__(self, path: Path, batch_size: int, until: int | None, resume: int | None):
-        self._file = _open(path)
+        self._file = open_events(path)
         self._line = 0
         self._batch_size = batch_size
         self._until = until
@@ -46,7 +39,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch | End, int]):
             return [End(self._until)]
         start = self._line
         self._line += len(lines)
-        kept = [(start + i, line) for i, line in enumerate(lines) if line.strip()]
+        kept = [(start + i, line.rstrip(b"\r\n")) for i, line in enumerate(lines) if line.strip()]
         return [RawBatch("file", [p for p, _ in kept], [line for _, line in kept])]
 
     def snapshot(self) -> int:
@@ -95,7 +88,7 @@ class _StreamPartition(StatefulSourcePartition[RawBatch, str]):
         entries = reply[0][1]
         self._last = entries[-1][0].decode()
         positions = [entry_position(entry_id) for entry_id, _ in entries]
-        lines = [fields.get(b"event", b"") for _, fields in entries]
+        lines = [fields.get(EVENT_FIELD, b"") for _, fields in entries]
         return [RawBatch(self._key, positions, lines)]
 
     def next_awake(self) -> datetime | None:

@@ -1,0 +1,209 @@
+"""The `bestmatch` command line. Settings are read once here and passed down."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bestmatch.console import console, friendly, print_table, progress
+from features.errors import ConfigError, InvalidEventError
+from features.settings import Settings
+
+app = typer.Typer(
+    name="bestmatch",
+    help="BestMatch: streaming features and real-time ranking for a freelance marketplace.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+EventsFile = Annotated[Path, typer.Option("--events", help="JSON Lines file (.jsonl or .jsonl.gz).")]
+Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Bytewax worker threads.")]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        first = str(exc).splitlines()
+        msg = f"bad configuration: {first[-1].strip() if first else exc}"
+        raise ConfigError(msg) from None
+
+
+def _time(text: str | None, option: str) -> int | None:
+    """An RFC 3339 option value as µs since the epoch, or one clear error."""
+    if text is None:
+        return None
+    from features.events import parse_time
+
+    try:
+        return parse_time(text)
+    except Exception:  # the parser's own rule error; the message below says what is expected
+        msg = f"{option}: must be RFC 3339 with an offset (like 2026-03-01T12:00:00Z), got {text!r}"
+        raise InvalidEventError(msg, option) from None
+
+
+def _need_file(path: Path, option: str) -> None:
+    if not path.is_file():
+        msg = f"{option}: no such file: {path}"
+        raise ConfigError(msg)
+
+
+@app.command()
+@friendly
+def simulate(
+    days: Annotated[int, typer.Option(min=1, help="Days of marketplace activity.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 1,
+    out: Annotated[Path, typer.Option(help="Output file (.jsonl or .jsonl.gz).")] = Path(
+        "events.jsonl"),
+    jobs_per_day: Annotated[int, typer.Option(min=1, help="Jobs posted per day.")] = 1000,
+    dirty: Annotated[bool, typer.Option(help="Mix in duplicates and invalid events.")] = False,
+) -> None:
+    """Write a realistic, deterministic marketplace event stream."""
+    from bestmatch.marketplace import simulate as run
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with progress(f"simulating {days} days", total=None) as advance:
+        report = run(days, seed, out, jobs_per_day=jobs_per_day, dirty=dirty, progress=advance)
+    print_table(f"wrote {out}", report.rows())
+
+
+@app.command()
+@friendly
+def backfill(
+    events: EventsFile,
+    until: Annotated[str | None, typer.Option(help="Move the clock to this time at the end "
+                                              "(RFC 3339; default: the newest event time).")] = None,
+    workers: Workers = 1,
+) -> None:
+    """Run the feature flow over a file (available-now), then stop."""
+    from flows.runner import run_backfill
+    from features.lake import summarize_lake
+
+    settings = _settings()
+    _need_file(events, "--events")
+    until_us = _time(until, "--until")
+    from bestmatch.services import ensure_redis
+
+    note = ensure_redis(settings.redis_url, Path(settings.lake_path("redis")))
+    if note:
+        console.print(note)
+    started = time.perf_counter()
+    with progress(f"backfilling {events}", total=None):
+        run_backfill(settings, events, until=until_us, workers=workers)
+    elapsed = time.perf_counter() - started
+    print_table(f"backfill done in {elapsed:.1f} s", summarize_lake(settings, elapsed))
+
+
+@app.command()
+@friendly
+def publish(
+    events: EventsFile,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Events per second "
+                                                "(default: as fast as possible).")] = None,
+) -> None:
+    """Append events to the event bus (a Redis Stream)."""
+    import redis
+
+    from features.bus import publish as send
+
+    settings = _settings()
+    _need_file(events, "--events")
+    from bestmatch.services import ensure_redis
+
+    ensure_redis(settings.redis_url, Path(settings.lake_path("redis")))
+    from features.bus import iter_lines
+
+    client = redis.Redis.from_url(settings.redis_url)
+    started = time.perf_counter()
+    with progress(f"publishing to {settings.stream_key}", total=None) as advance:
+        sent = send(client, settings.stream_key, iter_lines(events), rate=rate, progress=advance)
+    elapsed = time.perf_counter() - started
+    console.print(f"published {sent:,} events in {elapsed:.1f} s ({sent / elapsed:,.0f}/s)")
+
+
+@app.command()
+@friendly
+def stream(
+    workers: Workers = 1,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 9108,
+    trigger: Annotated[float, typer.Option(help="Change-log trigger in seconds "
+                                           "(0: continuous, every batch).")] = 0.0,
+) -> None:
+    """Run the feature flow on the event bus until stopped; resumes after a crash."""
+    from flows.runner import run_stream
+
+    settings = _settings()
+    if not settings.lake_is_local:
+        msg = "bestmatch stream keeps its checkpoints in a local BESTMATCH_LAKE"
+        raise ConfigError(msg)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        from flows.metrics import METRICS
+
+        start_http_server(metrics_port, registry=METRICS.registry)
+        console.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics")
+    console.print(f"streaming from {settings.stream_key}; Ctrl-C to stop")
+    run_stream(settings, workers=workers, trigger_s=trigger)
+
+
+@app.command()
+@friendly
+def snapshot() -> None:
+    """Write every entity's current values as a new version of a Delta table (complete mode)."""
+    from features.lake import write_snapshots
+
+    settings = _settings()
+    rows = write_snapshots(settings)
+    print_table("snapshot written", rows)
+
+
+@app.command()
+@friendly
+def compact() -> None:
+    """Delta maintenance of the offline tables: compaction, then vacuum."""
+    from features.lake import compact_tables
+
+    settings = _settings()
+    print_table("compacted", compact_tables(settings))
+
+
+@app.command()
+@friendly
+def train() -> None:
+    """Build a point-in-time training set, train the ranker, register it in MLflow."""
+    msg = "bestmatch train is not built yet (issue 4)"
+    raise ConfigError(msg)
+
+
+@app.command()
+@friendly
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the ranking API."""
+    del host, port
+    msg = "bestmatch serve is not built yet (issue 5)"
+    raise ConfigError(msg)
+
+
+@app.command()
+@friendly
+def demo(
+    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 7,
+    jobs_per_day: Annotated[int, typer.Option(min=1, help="Jobs posted per day.")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+) -> None:
+    """Everything end to end on this machine: simulate, then backfill."""
+    from bestmatch.demo import run_demo
+
+    run_demo(_settings(), days=days, jobs_per_day=jobs_per_day, seed=seed)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,104 @@
+"""The lake's tables beyond the change log's layout: dead letters, snapshots, maintenance."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+
+from features import offline_layout
+from features.settings import Settings
+from features.specs import ENTITIES, Entity, view_name
+
+DEAD_LETTER_SCHEMA = pa.schema([
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("position", pa.int64(), nullable=False),
+    pa.field("raw", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("seen", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+
+def dead_letter_uri(settings: Settings) -> str:
+    return settings.lake_path("dead_letters")
+
+
+def snapshot_uri(settings: Settings, entity: Entity) -> str:
+    return settings.lake_path("snapshot", view_name(entity))
+
+
+def _table(uri: str) -> DeltaTable | None:
+    return DeltaTable(uri) if DeltaTable.is_deltatable(uri) else None
+
+
+def offline_tables(settings: Settings) -> dict[str, str]:
+    """Every offline table's name and URI."""
+    tables = {view_name(e): offline_layout.changelog_uri(settings, e) for e in ENTITIES}
+    tables["dead_letters"] = dead_letter_uri(settings)
+    return tables
+
+
+def latest_values(settings: Settings, entity: Entity) -> pa.Table:
+    """Each entity's latest change-log row (its current values)."""
+    table = _table(offline_layout.changelog_uri(settings, entity))
+    if table is None:
+        return offline_layout.changelog_schema(entity).empty_table()
+    import polars as pl
+
+    frame = pl.from_arrow(table.to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    latest = frame.sort([offline_layout.TIMESTAMP_COLUMN, offline_layout.CREATED_COLUMN]) \
+        .group_by(entity.join_key, maintain_order=True).last()
+    return latest.sort(entity.join_key).to_arrow()
+
+
+def write_snapshots(settings: Settings) -> list[tuple[str, str]]:
+    """Complete output mode: every entity's current values, as a new version of a Delta table."""
+    rows = []
+    for entity in ENTITIES:
+        current = latest_values(settings, entity)
+        uri = snapshot_uri(settings, entity)
+        write_deltalake(uri, current, mode="overwrite", schema_mode="overwrite")
+        version = DeltaTable(uri).version()
+        rows.append((f"{view_name(entity)} v{version}", f"{current.num_rows:,} entities"))
+    return rows
+
+
+def compact_tables(settings: Settings) -> list[tuple[str, str]]:
+    """Compact every offline table's small files, then vacuum what no version needs."""
+    rows = []
+    for name, uri in offline_tables(settings).items():
+        table = _table(uri)
+        if table is None:
+            continue
+        before = len(table.file_uris())
+        metrics = table.optimize.compact()
+        removed = table.vacuum(retention_hours=0, enforce_retention_duration=False,
+                               dry_run=False)
+        after = len(DeltaTable(uri).file_uris())
+        rows.append((name, f"{before} → {after} files, {len(removed)} vacuumed, "
+                           f"{metrics.get('numFilesRemoved', 0)} compacted"))
+    return rows
+
+
+def summarize_lake(settings: Settings, elapsed_s: float | None = None) -> list[tuple[str, str]]:
+    """Row counts of the offline tables, and dead letters by reason."""
+    rows = []
+    total = 0
+    for name, uri in offline_tables(settings).items():
+        table = _table(uri)
+        count = 0 if table is None else int(pa.table(table.get_add_actions(flatten=True))
+                                               .column("num_records").to_numpy().sum())
+        if name != "dead_letters":
+            total += count
+        rows.append((f"{name} rows", f"{count:,}"))
+    dead = _table(dead_letter_uri(settings))
+    if dead is not None:
+        reasons = Counter(reason.split(":")[0] for reason in
+                          dead.to_pyarrow_table(columns=["reason"])["reason"].to_pylist())
+        for reason, count in reasons.most_common():
+            rows.append((f"  dead letters: {reason}", f"{count:,}"))
+    if elapsed_s:
+        rows.append(("change rows/s", f"{total / elapsed_s:,.0f}"))
+    return rows
