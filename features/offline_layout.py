@@ -98,9 +98,12 @@ def changelog_table(
         pa.array(stamps, UTC_US),
         pa.array(created, UTC_US),
     ]
-    values_by_feature = list(zip(*(row[2] for row in rows), strict=True)) if rows else []
-    for index, spec in enumerate(specs):
-        values = list(values_by_feature[index]) if rows else []
+    for row in rows:
+        if len(row[2]) != len(specs):
+            msg = f"{view_name(entity)}: expected {len(specs)} values, got {len(row[2])}"
+            raise ValueError(msg)
+    values_by_feature = list(zip(*(row[2] for row in rows), strict=True)) or [() for _ in specs]
+    for spec, values in zip(specs, map(list, values_by_feature), strict=True):
         if spec.dtype is Dtype.TIMESTAMP:
             values = [None if v is None else floor_seconds(v) for v in values]
         columns.append(pa.array(values, ARROW_TYPES[spec.dtype]))
