@@ -140,7 +140,7 @@ def _open(out: Path) -> Iterator[IO[bytes]]:
         if out.name.endswith(".gz"):
             # no file name and mtime 0 in the header: the same events give the same bytes
             with gzip.GzipFile(
-                filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
+                filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=3
             ) as zipped:
                 yield zipped
         else:
