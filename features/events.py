@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -51,18 +51,22 @@ COUNTRY_CODES = frozenset(
     """.split()
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Date and hour are checked by `_hour_start`; the regex pins the layout and ASCII digits.
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
-    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
-)
+# RFC 3339 is fixed-width up to the seconds, so a time splits at fixed places into three parts that
+# each repeat a lot across events: `YYYY-MM-DDTHH`, `:MM:SS`, and the fraction and offset. Each part
+# is parsed once and cached; together the three patterns are exactly `_RFC3339`.
+_DATE_HOUR = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2})")
+_MINUTE_SECOND = re.compile(r":([0-9]{2}):([0-9]{2})")
+_SECONDS_INTO_HOUR = {f":{m:02d}:{s:02d}": m * 60 + s for m in range(60) for s in range(60)}
+_FRACTION_OFFSET = re.compile(r"(?:\.([0-9]+))?(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))")
+_RFC3339 = re.compile(_DATE_HOUR.pattern + _MINUTE_SECOND.pattern + _FRACTION_OFFSET.pattern)
 _MISSING = object()
 _NUMBER_TYPES = (int, float)  # not bool, although bool is an int subclass
 _INF = math.inf
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
-@dataclass(frozen=True, slots=True)
+# The events are frozen but not slotted: the parser builds them by handing over a whole `__dict__`.
+@dataclass(frozen=True)
 class JobPosted:
     event_id: str
     event_time: int
@@ -78,7 +82,7 @@ class JobPosted:
     event_type: str = "job_posted"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FreelancerProfile:
     event_id: str
     event_time: int
@@ -92,7 +96,7 @@ class FreelancerProfile:
     event_type: str = "freelancer_profile"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ProposalSubmitted:
     event_id: str
     event_time: int
@@ -105,7 +109,7 @@ class ProposalSubmitted:
     event_type: str = "proposal_submitted"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ProposalAction:
     event_id: str
     event_time: int
@@ -257,10 +261,12 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _hour_start(prefix: str) -> int | None:
-    """`YYYY-MM-DDTHH` → seconds since the epoch, or None if no such hour. Events come in near time
-    order, so a few thousand hours cached make this a dict lookup."""
-    year, month, day, hour = int(prefix[:4]), int(prefix[5:7]), int(prefix[8:10]), int(prefix[11:])
+def _hour_start(text: str) -> int | None:
+    """`YYYY-MM-DDTHH` → seconds since the epoch; None if malformed or there is no such hour."""
+    match = _DATE_HOUR.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour = (int(part) for part in match.groups())
     if not (year >= 1 and 1 <= month <= 12 and day >= 1 and hour <= 23):
         return None
     leap = month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
@@ -269,30 +275,43 @@ def _hour_start(prefix: str) -> int | None:
     return (_days_from_civil(year, month, day) * 24 + hour) * 3600
 
 
+@lru_cache(maxsize=16384)  # room for every millisecond in a few offsets
+def _fraction_less_offset(text: str) -> int | None:
+    """`[.digits](Z|±HH:MM)` → microseconds to add: the fraction, truncated, less the offset;
+    None if malformed or the offset is out of range."""
+    match = _FRACTION_OFFSET.fullmatch(text)
+    if match is None:
+        return None
+    fraction, sign, hours, minutes = match.groups()
+    micros = int(fraction[:6].ljust(6, "0")) if fraction else 0
+    if sign is None:
+        return micros
+    if int(hours) > 23 or int(minutes) > 59:
+        return None
+    offset = (int(hours) * 60 + int(minutes)) * 60_000_000
+    return micros - offset if sign == "+" else micros + offset
+
+
+def _time_failure(value: str, field: str) -> InvalidEventError:
+    if _RFC3339.fullmatch(value) is None:
+        return _fail(field, "must be RFC 3339 with an offset (like 2026-03-01T12:00:00Z)", value)
+    if _hour_start(value[:13]) is None or value[13:19] not in _SECONDS_INTO_HOUR:
+        return _fail(field, "is not a real date and time", value)
+    return _fail(field, "has an out-of-range offset", value)
+
+
 def parse_time(value: object, field: str = "event_time") -> int:
     """RFC 3339 with an offset → integer microseconds since the epoch, UTC.
 
     Raises `InvalidEventError` naming `field` and the value."""
     if type(value) is not str:
         raise _fail(field, "must be an RFC 3339 string", value)
-    match = _RFC3339.fullmatch(value)
-    if match is None:
-        raise _fail(field, "must be RFC 3339 with an offset (like 2026-03-01T12:00:00Z)", value)
-    minute, second, fraction, sign, offset_hours, offset_minutes = match.groups()
     hour_start = _hour_start(value[:13])
-    minute_, second_ = int(minute), int(second)
-    if hour_start is None or minute_ > 59 or second_ > 59:
-        raise _fail(field, "is not a real date and time", value)
-    micros = (hour_start + minute_ * 60 + second_) * 1_000_000
-    if fraction is not None:
-        micros += int(fraction[:6].ljust(6, "0"))
-    if sign is not None:
-        hours, minutes = int(offset_hours), int(offset_minutes)
-        if hours > 23 or minutes > 59:
-            raise _fail(field, "has an out-of-range offset", value)
-        offset = (hours * 60 + minutes) * 60_000_000
-        micros += -offset if sign == "+" else offset
-    return micros
+    seconds_into_hour = _SECONDS_INTO_HOUR.get(value[13:19])  # no leap second
+    fraction_less_offset = _fraction_less_offset(value[19:])
+    if hour_start is None or seconds_into_hour is None or fraction_less_offset is None:
+        raise _time_failure(value, field)
+    return (hour_start + seconds_into_hour) * 1_000_000 + fraction_less_offset
 
 
 def format_time(micros: int) -> str:
@@ -309,6 +328,23 @@ def to_datetime(micros: int) -> datetime:
 # --- events -------------------------------------------------------------------------------------
 
 
+_E = TypeVar("_E", JobPosted, FreelancerProfile, ProposalSubmitted, ProposalAction)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _frozen(cls: type[_E], fields: dict[str, Any]) -> _E:
+    """An event from all its fields, without its `__init__`.
+
+    A frozen dataclass's `__init__` sets each field through `object.__setattr__`, which cost as much
+    as all the checks of an event together; handing the instance its `__dict__` is one call. The
+    result is the same frozen, hashable, comparable object (the tests check it against `cls(...)`).
+    """
+    event = _new(cls)
+    _set(event, "__dict__", fields)
+    return event
+
+
 def _job_posted(obj: dict[str, Any], event_id: str, ts: int) -> JobPosted:
     budget_min = _amount(obj, "budget_min")
     budget_max = _amount(obj, "budget_max")
@@ -316,57 +352,73 @@ def _job_posted(obj: dict[str, Any], event_id: str, ts: int) -> JobPosted:
         rule = f"must be >= budget_min ({_show(obj['budget_min'])})"
         error = _fail("budget_max", rule, obj["budget_max"])
         raise error
-    return JobPosted(
-        event_id,
-        ts,
-        _id(obj, "job_id"),
-        _id(obj, "client_id"),
-        _str(obj, "title"),
-        _skills(obj, MAX_JOB_SKILLS),
-        _choice(obj, "budget_type", BUDGET_TYPES),
-        budget_min,
-        budget_max,
-        _choice(obj, "experience_level", EXPERIENCE_LEVELS),
-        _str(obj, "category"),
+    return _frozen(
+        JobPosted,
+        {
+            "event_id": event_id,
+            "event_time": ts,
+            "job_id": _id(obj, "job_id"),
+            "client_id": _id(obj, "client_id"),
+            "title": _str(obj, "title"),
+            "skills": _skills(obj, MAX_JOB_SKILLS),
+            "budget_type": _choice(obj, "budget_type", BUDGET_TYPES),
+            "budget_min": budget_min,
+            "budget_max": budget_max,
+            "experience_level": _choice(obj, "experience_level", EXPERIENCE_LEVELS),
+            "category": _str(obj, "category"),
+            "event_type": "job_posted",
+        },
     )
 
 
 def _freelancer_profile(obj: dict[str, Any], event_id: str, ts: int) -> FreelancerProfile:
-    return FreelancerProfile(
-        event_id,
-        ts,
-        _id(obj, "freelancer_id"),
-        _country(obj),
-        _amount(obj, "hourly_rate"),
-        _skills(obj),
-        _job_success(obj),
-        _amount(obj, "total_earned"),
-        _bool(obj, "top_rated"),
+    return _frozen(
+        FreelancerProfile,
+        {
+            "event_id": event_id,
+            "event_time": ts,
+            "freelancer_id": _id(obj, "freelancer_id"),
+            "country": _country(obj),
+            "hourly_rate": _amount(obj, "hourly_rate"),
+            "skills": _skills(obj),
+            "job_success": _job_success(obj),
+            "total_earned": _amount(obj, "total_earned"),
+            "top_rated": _bool(obj, "top_rated"),
+            "event_type": "freelancer_profile",
+        },
     )
 
 
 def _proposal_submitted(obj: dict[str, Any], event_id: str, ts: int) -> ProposalSubmitted:
-    return ProposalSubmitted(
-        event_id,
-        ts,
-        _id(obj, "proposal_id"),
-        _id(obj, "job_id"),
-        _id(obj, "client_id"),
-        _id(obj, "freelancer_id"),
-        _bid_amount(obj),
-        _str(obj, "cover_letter", MAX_COVER_LETTER_CHARS),
+    return _frozen(
+        ProposalSubmitted,
+        {
+            "event_id": event_id,
+            "event_time": ts,
+            "proposal_id": _id(obj, "proposal_id"),
+            "job_id": _id(obj, "job_id"),
+            "client_id": _id(obj, "client_id"),
+            "freelancer_id": _id(obj, "freelancer_id"),
+            "bid_amount": _bid_amount(obj),
+            "cover_letter": _str(obj, "cover_letter", MAX_COVER_LETTER_CHARS),
+            "event_type": "proposal_submitted",
+        },
     )
 
 
 def _proposal_action(obj: dict[str, Any], event_id: str, ts: int) -> ProposalAction:
-    return ProposalAction(
-        event_id,
-        ts,
-        _id(obj, "proposal_id"),
-        _id(obj, "job_id"),
-        _id(obj, "client_id"),
-        _id(obj, "freelancer_id"),
-        _choice(obj, "action", ACTIONS),
+    return _frozen(
+        ProposalAction,
+        {
+            "event_id": event_id,
+            "event_time": ts,
+            "proposal_id": _id(obj, "proposal_id"),
+            "job_id": _id(obj, "job_id"),
+            "client_id": _id(obj, "client_id"),
+            "freelancer_id": _id(obj, "freelancer_id"),
+            "action": _choice(obj, "action", ACTIONS),
+            "event_type": "proposal_action",
+        },
     )
 
 

@@ -5,14 +5,19 @@ A rejection's reason names the field and the value: `field bid_amount: must be >
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import hypothesis
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from features.errors import InvalidEventError
 from features.events import (
     ACTIONS,
     BUDGET_TYPES,
@@ -164,6 +169,18 @@ def test_each_type_parses_to_its_dataclass() -> None:
     action = accepted(VALID["proposal_action"])
     assert action == ProposalAction("e-4", T0_MICROS, "p-1", "j-1", "c-1", "f-1", "shortlisted")
     assert [accepted(v).event_type for v in VALID.values()] == list(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_parsed_events_are_the_same_frozen_objects_as_constructed_ones(event_type: str) -> None:
+    parsed = accepted(VALID[event_type])
+    built = type(parsed)(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed)})
+    assert vars(parsed) == vars(built) and list(vars(parsed)) == list(vars(built))
+    assert parsed == built and hash(parsed) == hash(built) and repr(parsed) == repr(built)
+    assert pickle.loads(pickle.dumps(parsed)) == parsed
+    assert dataclasses.replace(parsed, event_id="other").event_id == "other"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.event_id = "changed"
 
 
 def test_numbers_are_floats_whether_json_int_or_float() -> None:
@@ -680,6 +697,13 @@ def test_rfc_3339_lowercase_and_space_separator_are_accepted(value: str) -> None
     assert time_of(value) == micros(2026, 3, 1, 12)
 
 
+def test_parse_time_raises_the_public_error_naming_the_field() -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        parse_time("2026-03-01T12:00:00", field="until")
+    assert caught.value.field == "until"
+    assert caught.value.reason == f"field until: {NO_OFFSET}, got '2026-03-01T12:00:00'"
+
+
 def test_format_time() -> None:
     assert format_time(T0_MICROS) == "2026-03-01T12:00:00.123Z"
     assert format_time(micros(2026, 3, 1, 12)) == "2026-03-01T12:00:00.000Z"
@@ -832,3 +856,60 @@ def test_parse_event_never_raises_when_fields_are_replaced(
         assert result.reason.startswith("field ")
     else:
         assert result.event_type == event_type
+
+
+REFERENCE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:[Zz]|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,
+)
+
+
+def reference_time(text: str) -> int | None:
+    """The whole of RFC 3339 in one regex and `datetime`: what the cached parts must add up to."""
+    match = REFERENCE.fullmatch(text)
+    if match is None:
+        return None
+    y, mo, d, h, mi, s, fraction, sign, oh, om = match.groups()
+    if sign and (int(oh) > 23 or int(om) > 59):
+        return None
+    try:
+        moment = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=UTC)
+    except ValueError:
+        return None
+    offset = timedelta(hours=int(oh), minutes=int(om)) if sign else timedelta(0)
+    if sign == "-":
+        offset = -offset
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC) - offset) // timedelta(
+        microseconds=1
+    ) + micros
+
+
+time_texts = st.builds(
+    lambda moment, fraction, zone: moment.isoformat(timespec="seconds") + fraction + zone,
+    st.datetimes(min_value=NAIVE_MIN, max_value=NAIVE_MAX),
+    st.sampled_from(["", ".5", ".123", ".123456", ".123456789", "."]),
+    st.sampled_from(["Z", "z", "+02:00", "-05:30", "+23:59", "+24:00", "-00:60", ""]),
+)
+
+
+@settings(max_examples=500)
+@given(
+    time_texts,
+    st.lists(st.tuples(st.integers(0, 40), st.sampled_from("0159:-.+ TZz٣x")), max_size=3),
+    st.booleans(),
+)
+def test_cached_time_parts_accept_exactly_what_the_whole_grammar_accepts(
+    text: str, edits: list[tuple[int, str]], delete: bool
+) -> None:
+    for position, char in edits:  # mutate: replace or delete a character
+        position %= len(text) + 1
+        text = text[:position] + ("" if delete else char) + text[position + 1 :]
+    expected = reference_time(text)
+    try:
+        got: int | None = parse_time(text)
+    except InvalidEventError:
+        got = None
+    hypothesis.event("accepted" if expected is not None else "rejected")
+    assert got == expected, text
