@@ -1,8 +1,8 @@
 """The feature flow: one dataflow, two sources (a file for backfill, the event bus for stream).
 
-    source ─ parse ─ sequence (one ordered key) ─┬─ aggregate (N shards) ─┬─ Redis (update)
-                                                 │                        └─ Delta change log (append)
-                                                 └─ dead letters ─ Delta dead-letter table
+    source ─ parse ─ sequence (one key) ─┬─ aggregate (N shards) ─┬─ Redis (update)
+                                         │                        └─ Delta change log (append)
+                                         └─ dead letters ─ Delta dead-letter table
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from features.settings import Settings
 from flows.items import SequencerOutput
 from flows.logic import SequencerLogic, ShardLogic, parse_batch
 from flows.sinks import ChangelogSink, DeadLetterSink, OnlineSink
+from flows.sources import JsonlSource
 
 DEFAULT_SHARDS = 16
 
@@ -29,11 +30,13 @@ def build_flow(settings: Settings, source: Source, *, shards: int = DEFAULT_SHAR
     """
     lateness_us = int(settings.allowed_lateness_s * 1_000_000)
     flow = Dataflow(flow_id)
-    raw = op.input("read_events", flow, source)
+    # Each source has its own step id, so a stream resumed from a backfill's checkpoint starts
+    # its own source afresh while the sequencer and shards continue.
+    raw = op.input(source_step_id(source), flow, source)
     parsed = op.map("parse_events", raw, parse_batch)
     keyed = op.key_on("order_events", parsed, lambda _: "sequence")
-    sequenced = op.stateful_batch(
-        "sequence_events", keyed, lambda state: SequencerLogic(shards, lateness_us, recoverable, state))
+    sequenced = op.stateful_batch("sequence_events", keyed, lambda state: SequencerLogic(
+        shards, lateness_us, recoverable, state))
     outputs = op.key_rm("unkey_sequence", sequenced)
     dead = op.flat_map("take_dead_letters", outputs, _dead_letters)
     work = op.flat_map("take_shard_work", outputs, _shard_work)
@@ -47,6 +50,10 @@ def build_flow(settings: Settings, source: Source, *, shards: int = DEFAULT_SHAR
     op.output("write_dead_letters", op.key_on("route_dead", dead, lambda _: "dead_letters"),
               DeadLetterSink(settings))
     return flow
+
+
+def source_step_id(source: Source) -> str:
+    return "read_file" if isinstance(source, JsonlSource) else "read_bus"
 
 
 def _dead_letters(out: SequencerOutput) -> list:
