@@ -20,7 +20,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
-EventsFile = Annotated[Path, typer.Option("--events", help="JSON Lines file (.jsonl or .jsonl.gz).")]
+EventsFile = Annotated[
+    Path, typer.Option("--events", help="JSON Lines file (.jsonl or .jsonl.gz).")
+]
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Bytewax worker threads.")]
 
 
@@ -58,7 +60,8 @@ def simulate(
     days: Annotated[int, typer.Option(min=1, help="Days of marketplace activity.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 1,
     out: Annotated[Path, typer.Option(help="Output file (.jsonl or .jsonl.gz).")] = Path(
-        "events.jsonl"),
+        "events.jsonl"
+    ),
     jobs_per_day: Annotated[int, typer.Option(min=1, help="Jobs posted per day.")] = 1000,
     dirty: Annotated[bool, typer.Option(help="Mix in duplicates and invalid events.")] = False,
 ) -> None:
@@ -75,13 +78,18 @@ def simulate(
 @friendly
 def backfill(
     events: EventsFile,
-    until: Annotated[str | None, typer.Option(help="Move the clock to this time at the end "
-                                              "(RFC 3339; default: the newest event time).")] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="Move the clock to this time at the end "
+            "(RFC 3339; default: the newest event time)."
+        ),
+    ] = None,
     workers: Workers = 1,
 ) -> None:
     """Run the feature flow over a file (available-now), then stop."""
-    from flows.runner import run_backfill
     from features.lake import summarize_lake
+    from flows.runner import run_backfill
 
     settings = _settings()
     _need_file(events, "--events")
@@ -102,8 +110,10 @@ def backfill(
 @friendly
 def publish(
     events: EventsFile,
-    rate: Annotated[float | None, typer.Option(min=0.001, help="Events per second "
-                                                "(default: as fast as possible).")] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Events per second (default: as fast as possible)."),
+    ] = None,
 ) -> None:
     """Append events to the event bus (a Redis Stream)."""
     import redis
@@ -130,8 +140,9 @@ def publish(
 def stream(
     workers: Workers = 1,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 9108,
-    trigger: Annotated[float, typer.Option(help="Change-log trigger in seconds "
-                                           "(0: continuous, every batch).")] = 0.0,
+    trigger: Annotated[
+        float, typer.Option(help="Change-log trigger in seconds (0: continuous, every batch).")
+    ] = 0.0,
 ) -> None:
     """Run the feature flow on the event bus until stopped; resumes after a crash."""
     from flows.runner import run_stream

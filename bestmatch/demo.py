@@ -28,5 +28,7 @@ def run_demo(settings: Settings, *, days: int, jobs_per_day: int, seed: int) -> 
     with progress("2/2 backfilling features into Redis and Delta"):
         run_backfill(settings, events)
     print_table("feature stores", summarize_lake(settings, time.perf_counter() - flow_started))
-    console.print(f"[bold green]demo done[/] in {time.perf_counter() - started:.0f} s. "
-                  f"Features: Redis {settings.redis_url.split('@')[-1]}, lake {settings.lake}")
+    console.print(
+        f"[bold green]demo done[/] in {time.perf_counter() - started:.0f} s. "
+        f"Features: Redis {settings.redis_url.split('@')[-1]}, lake {settings.lake}"
+    )

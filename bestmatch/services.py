@@ -35,10 +35,27 @@ def ensure_redis(url: str, workdir: Path) -> str | None:
         msg = "redis-server is not installed and no Redis answers: run ./scripts/demo.sh"
         raise StoreError(msg)
     workdir.mkdir(parents=True, exist_ok=True)
-    subprocess.run([binary, "--port", str(port), "--bind", host, "--daemonize", "yes",
-                    "--dir", str(workdir.resolve()), "--save", "", "--appendonly", "no",
-                    "--logfile", str((workdir / "redis.log").resolve())], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            host,
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(workdir.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str((workdir / "redis.log").resolve()),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while not redis_reachable(url):
         if time.monotonic() > deadline:

@@ -95,8 +95,10 @@ _EMPTY = {
 }
 
 
-_ROUTES = {t: tuple(entities_of_event(t)) for t in
-           ("job_posted", "freelancer_profile", "proposal_submitted", "proposal_action")}
+_ROUTES = {
+    t: tuple(entities_of_event(t))
+    for t in ("job_posted", "freelancer_profile", "proposal_submitted", "proposal_action")
+}
 
 
 def route(event: Event) -> list[tuple[str, str]]:

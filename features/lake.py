@@ -11,13 +11,15 @@ from features import offline_layout
 from features.settings import Settings
 from features.specs import ENTITIES, Entity, view_name
 
-DEAD_LETTER_SCHEMA = pa.schema([
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("position", pa.int64(), nullable=False),
-    pa.field("raw", pa.string(), nullable=False),
-    pa.field("reason", pa.string(), nullable=False),
-    pa.field("seen", pa.timestamp("us", tz="UTC"), nullable=False),
-])
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("position", pa.int64(), nullable=False),
+        pa.field("raw", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("seen", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
 
 
 def dead_letter_uri(settings: Settings) -> str:
@@ -48,8 +50,11 @@ def latest_values(settings: Settings, entity: Entity) -> pa.Table:
 
     frame = pl.from_arrow(table.to_pyarrow_table())
     assert isinstance(frame, pl.DataFrame)
-    latest = frame.sort([offline_layout.TIMESTAMP_COLUMN, offline_layout.CREATED_COLUMN]) \
-        .group_by(entity.join_key, maintain_order=True).last()
+    latest = (
+        frame.sort([offline_layout.TIMESTAMP_COLUMN, offline_layout.CREATED_COLUMN])
+        .group_by(entity.join_key, maintain_order=True)
+        .last()
+    )
     return latest.sort(entity.join_key).to_arrow()
 
 
@@ -74,11 +79,15 @@ def compact_tables(settings: Settings) -> list[tuple[str, str]]:
             continue
         before = len(table.file_uris())
         metrics = table.optimize.compact()
-        removed = table.vacuum(retention_hours=0, enforce_retention_duration=False,
-                               dry_run=False)
+        removed = table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
         after = len(DeltaTable(uri).file_uris())
-        rows.append((name, f"{before} → {after} files, {len(removed)} vacuumed, "
-                           f"{metrics.get('numFilesRemoved', 0)} compacted"))
+        rows.append(
+            (
+                name,
+                f"{before} → {after} files, {len(removed)} vacuumed, "
+                f"{metrics.get('numFilesRemoved', 0)} compacted",
+            )
+        )
     return rows
 
 
@@ -88,15 +97,22 @@ def summarize_lake(settings: Settings, elapsed_s: float | None = None) -> list[t
     total = 0
     for name, uri in offline_tables(settings).items():
         table = _table(uri)
-        count = 0 if table is None else int(pa.table(table.get_add_actions(flatten=True))
-                                               .column("num_records").to_numpy().sum())
+        count = (
+            0
+            if table is None
+            else int(
+                pa.table(table.get_add_actions(flatten=True)).column("num_records").to_numpy().sum()
+            )
+        )
         if name != "dead_letters":
             total += count
         rows.append((f"{name} rows", f"{count:,}"))
     dead = _table(dead_letter_uri(settings))
     if dead is not None:
-        reasons = Counter(reason.split(":")[0] for reason in
-                          dead.to_pyarrow_table(columns=["reason"])["reason"].to_pylist())
+        reasons = Counter(
+            reason.split(":")[0]
+            for reason in dead.to_pyarrow_table(columns=["reason"])["reason"].to_pylist()
+        )
         for reason, count in reasons.most_common():
             rows.append((f"  dead letters: {reason}", f"{count:,}"))
     if elapsed_s:

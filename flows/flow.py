@@ -1,8 +1,8 @@
 """The feature flow: one dataflow, two sources (a file for backfill, the event bus for stream).
 
-    source ─ parse ─ sequence (one key) ─┬─ aggregate (N shards) ─┬─ Redis (update)
-                                         │                        └─ Delta change log (append)
-                                         └─ dead letters ─ Delta dead-letter table
+source ─ parse ─ sequence (one key) ─┬─ aggregate (N shards) ─┬─ Redis (update)
+                                     │                        └─ Delta change log (append)
+                                     └─ dead letters ─ Delta dead-letter table
 """
 
 from __future__ import annotations
@@ -20,9 +20,15 @@ from flows.sources import JsonlSource
 DEFAULT_SHARDS = 16
 
 
-def build_flow(settings: Settings, source: Source, *, shards: int = DEFAULT_SHARDS,
-               trigger_s: float = 0.0, recoverable: bool = False,
-               flow_id: str = "bestmatch_features") -> Dataflow:
+def build_flow(
+    settings: Settings,
+    source: Source,
+    *,
+    shards: int = DEFAULT_SHARDS,
+    trigger_s: float = 0.0,
+    recoverable: bool = False,
+    flow_id: str = "bestmatch_features",
+) -> Dataflow:
     """The dataflow, with sinks writing to the stores `settings` names.
 
     `trigger_s` is the change log's trigger: 0 commits every batch (continuous); N commits at
@@ -35,20 +41,30 @@ def build_flow(settings: Settings, source: Source, *, shards: int = DEFAULT_SHAR
     raw = op.input(source_step_id(source), flow, source)
     parsed = op.map("parse_events", raw, parse_batch)
     keyed = op.key_on("order_events", parsed, lambda _: "sequence")
-    sequenced = op.stateful_batch("sequence_events", keyed, lambda state: SequencerLogic(
-        shards, lateness_us, recoverable, state))
+    sequenced = op.stateful_batch(
+        "sequence_events",
+        keyed,
+        lambda state: SequencerLogic(shards, lateness_us, recoverable, state),
+    )
     outputs = op.key_rm("unkey_sequence", sequenced)
     dead = op.flat_map("take_dead_letters", outputs, _dead_letters)
     work = op.flat_map("take_shard_work", outputs, _shard_work)
     by_shard = op.key_on("shard_entities", work, lambda w: w.shard)
     aggregated = op.stateful_batch(
-        "aggregate_features", by_shard, lambda state: ShardLogic(recoverable, state))
+        "aggregate_features", by_shard, lambda state: ShardLogic(recoverable, state)
+    )
     changes = op.key_rm("unkey_shards", aggregated)
     op.output("write_online", changes, OnlineSink(settings))
-    op.output("write_changelog", op.key_on("route_changelog", changes, lambda _: "changelog"),
-              ChangelogSink(settings, trigger_s=trigger_s))
-    op.output("write_dead_letters", op.key_on("route_dead", dead, lambda _: "dead_letters"),
-              DeadLetterSink(settings))
+    op.output(
+        "write_changelog",
+        op.key_on("route_changelog", changes, lambda _: "changelog"),
+        ChangelogSink(settings, trigger_s=trigger_s),
+    )
+    op.output(
+        "write_dead_letters",
+        op.key_on("route_dead", dead, lambda _: "dead_letters"),
+        DeadLetterSink(settings),
+    )
     return flow
 
 
@@ -62,4 +78,3 @@ def _dead_letters(out: SequencerOutput) -> list:
 
 def _shard_work(out: SequencerOutput) -> list:
     return [w for w in out.work if w.items]
-

@@ -29,8 +29,9 @@ def parse_batch(batch: RawBatch | End) -> ParsedBatch | End:
         return batch
     parsed = [parse_event(line) for line in batch.lines]
     METRICS.events_in.inc(len(parsed))
-    return ParsedBatch(batch.partition, batch.positions, batch.lines, parsed,
-                       time.time_ns() // 1000)
+    return ParsedBatch(
+        batch.partition, batch.positions, batch.lines, parsed, time.time_ns() // 1000
+    )
 
 
 class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, Sequencer]):
@@ -55,22 +56,27 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, Sequencer]):
             for index, event in enumerate(batch.parsed):
                 position = batch.positions[index]
                 if type(event) is Rejection:
-                    dead.append(DeadLetter(batch.partition, position, event.raw, event.reason,
-                                           batch.seen_us))
+                    dead.append(
+                        DeadLetter(
+                            batch.partition, position, event.raw, event.reason, batch.seen_us
+                        )
+                    )
                     continue
                 why = seq.admit(event)  # type: ignore[arg-type]
                 if why is not None:
                     if why == "late":
                         raw = batch.lines[index].decode("utf-8", "replace")
-                        dead.append(DeadLetter(batch.partition, position, raw, "late",
-                                               batch.seen_us))
+                        dead.append(
+                            DeadLetter(batch.partition, position, raw, "late", batch.seen_us)
+                        )
                     else:
                         METRICS.duplicates.inc()
                     continue
                 clock = seq.clock
                 for name, entity_id in route(event):  # type: ignore[arg-type]
                     work[self.shards[shard_of(name, entity_id, n_shards)]].append(
-                        Update(name, entity_id, event, clock))  # type: ignore[arg-type]
+                        Update(name, entity_id, event, clock)
+                    )  # type: ignore[arg-type]
         tick = Tick(seq.clock)
         for items in work.values():
             if not items or not isinstance(items[-1], Finish):

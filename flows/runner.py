@@ -39,25 +39,52 @@ def _recovery(directory: Path, fresh: bool) -> RecoveryConfig:
     return RecoveryConfig(str(directory))
 
 
-def run_backfill(settings: Settings, events: Path, *, until: int | None = None,
-                 workers: int = 1, shards: int = DEFAULT_SHARDS, batch_size: int = 2000,
-                 checkpoint: bool = True) -> None:
+def run_backfill(
+    settings: Settings,
+    events: Path,
+    *,
+    until: int | None = None,
+    workers: int = 1,
+    shards: int = DEFAULT_SHARDS,
+    batch_size: int = 2000,
+    checkpoint: bool = True,
+) -> None:
     """All events of a file, then the clock moves to `until` (default: the newest event time).
 
     With `checkpoint`, the final state is kept for a later `stream` (one snapshot at the end: the
     epoch spans the whole run, since a backfill is simply run again after a crash).
     """
     recovery = _recovery(checkpoint_dir(settings), fresh=True) if checkpoint else None
-    flow = build_flow(settings, JsonlSource(events, batch_size, until), shards=shards,
-                      trigger_s=3600.0, recoverable=checkpoint)
-    cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(days=365),
-             recovery_config=recovery)
+    flow = build_flow(
+        settings,
+        JsonlSource(events, batch_size, until),
+        shards=shards,
+        trigger_s=3600.0,
+        recoverable=checkpoint,
+    )
+    cli_main(
+        flow,
+        workers_per_process=workers,
+        epoch_interval=timedelta(days=365),
+        recovery_config=recovery,
+    )
 
 
-def run_stream(settings: Settings, *, workers: int = 1, shards: int = DEFAULT_SHARDS,
-               trigger_s: float = 0.0, epoch_s: float = 2.0, batch_size: int = 2000) -> None:
+def run_stream(
+    settings: Settings,
+    *,
+    workers: int = 1,
+    shards: int = DEFAULT_SHARDS,
+    trigger_s: float = 0.0,
+    epoch_s: float = 2.0,
+    batch_size: int = 2000,
+) -> None:
     """The event bus, until stopped; resumes after a crash with nothing lost or counted twice."""
     source = RedisStreamSource(settings.redis_url, [settings.stream_key], batch_size)
     flow = build_flow(settings, source, shards=shards, trigger_s=trigger_s, recoverable=True)
-    cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(seconds=epoch_s),
-             recovery_config=_recovery(checkpoint_dir(settings), fresh=False))
+    cli_main(
+        flow,
+        workers_per_process=workers,
+        epoch_interval=timedelta(seconds=epoch_s),
+        recovery_config=_recovery(checkpoint_dir(settings), fresh=False),
+    )

@@ -42,8 +42,11 @@ class _Lanes:
         self.uri = uri
         self.storage = storage
         self.marks: dict[str, int] = {}
-        self._table = DeltaTable(uri, storage_options=storage) \
-            if DeltaTable.is_deltatable(uri, storage_options=storage) else None
+        self._table = (
+            DeltaTable(uri, storage_options=storage)
+            if DeltaTable.is_deltatable(uri, storage_options=storage)
+            else None
+        )
 
     def mark(self, lane: str) -> int:
         if lane not in self.marks:
@@ -53,16 +56,22 @@ class _Lanes:
 
     def commit(self, data: pa.Table, new_marks: dict[str, int], partition_by: list[str]) -> None:
         txns = [Transaction(lane, mark) for lane, mark in sorted(new_marks.items())]
-        write_deltalake(self.uri, data, mode="append", partition_by=partition_by,
-                        storage_options=self.storage,
-                        commit_properties=CommitProperties(app_transactions=txns))
+        write_deltalake(
+            self.uri,
+            data,
+            mode="append",
+            partition_by=partition_by,
+            storage_options=self.storage,
+            commit_properties=CommitProperties(app_transactions=txns),
+        )
         self.marks.update(new_marks)
 
 
 class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
     def __init__(self, settings: Settings, trigger_s: float, max_rows: int) -> None:
-        self._lanes = {e.name: _Lanes(offline_layout.changelog_uri(settings, e), None)
-                       for e in ENTITIES}
+        self._lanes = {
+            e.name: _Lanes(offline_layout.changelog_uri(settings, e), None) for e in ENTITIES
+        }
         self._rows: dict[str, list[tuple[str, int, Any]]] = defaultdict(list)
         self._marks: dict[str, dict[str, int]] = defaultdict(dict)
         self._buffered = 0
@@ -80,16 +89,19 @@ class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
                 self._rows[change.entity].append((change.entity_id, change.stamp, change.values))
                 self._marks[change.entity][lane] = change.stamp
                 self._buffered += 1
-        if (self._buffered >= self._max_rows
-                or time.monotonic() - self._last_flush >= self._trigger_s):
+        if (
+            self._buffered >= self._max_rows
+            or time.monotonic() - self._last_flush >= self._trigger_s
+        ):
             self.flush()
 
     def flush(self) -> None:
         for name, rows in self._rows.items():
             if rows:
                 table = offline_layout.changelog_table(_ENTITY[name], rows)
-                self._lanes[name].commit(table, self._marks[name],
-                                         [offline_layout.PARTITION_COLUMN])
+                self._lanes[name].commit(
+                    table, self._marks[name], [offline_layout.PARTITION_COLUMN]
+                )
                 METRICS.changes.inc(len(rows))
         self._rows.clear()
         self._marks.clear()
@@ -135,14 +147,19 @@ class _DeadLetterPartition(StatefulSinkPartition[DeadLetter, None]):
         if not self._rows:
             return
         rows = self._rows
-        table = pa.Table.from_pydict({
-            "source": [r.partition for r in rows], "position": [r.position for r in rows],
-            "raw": [r.raw for r in rows], "reason": [r.reason for r in rows],
-            "seen": [r.seen_us for r in rows]}, schema=DEAD_LETTER_SCHEMA)
+        table = pa.Table.from_pydict(
+            {
+                "source": [r.partition for r in rows],
+                "position": [r.position for r in rows],
+                "raw": [r.raw for r in rows],
+                "reason": [r.reason for r in rows],
+                "seen": [r.seen_us for r in rows],
+            },
+            schema=DEAD_LETTER_SCHEMA,
+        )
         marks: dict[str, int] = {}
         for r in rows:
-            marks[f"source-{r.partition}"] = max(marks.get(f"source-{r.partition}", -1),
-                                                 r.position)
+            marks[f"source-{r.partition}"] = max(marks.get(f"source-{r.partition}", -1), r.position)
         self._lanes.commit(table, marks, [])
         self._rows = []
 
@@ -172,8 +189,11 @@ class _OnlinePartition(StatelessSinkPartition[ShardOutput]):
         self._project = project
 
     def write_batch(self, items: list[ShardOutput]) -> None:
-        updates = [online_layout.EntityUpdate(_ENTITY[c.entity], c.entity_id, c.values, c.stamp)
-                   for out in items for c in out.online]
+        updates = [
+            online_layout.EntityUpdate(_ENTITY[c.entity], c.entity_id, c.values, c.stamp)
+            for out in items
+            for c in out.online
+        ]
         if updates:
             online_layout.write_entities(self._client, self._project, updates)
             METRICS.online_writes.inc(len(updates))

@@ -104,8 +104,13 @@ class _StreamPartition(StatefulSourcePartition[RawBatch, str]):
 class RedisStreamSource(FixedPartitionedSource[RawBatch, str]):
     """Redis Streams, one partition per stream key, resumed from the last entry id read."""
 
-    def __init__(self, url: str, keys: list[str], batch_size: int = 2000,
-                 poll: timedelta = timedelta(milliseconds=2)):
+    def __init__(
+        self,
+        url: str,
+        keys: list[str],
+        batch_size: int = 2000,
+        poll: timedelta = timedelta(milliseconds=2),
+    ):
         self.url = url
         self.keys = keys
         self.batch_size = batch_size
@@ -114,6 +119,5 @@ class RedisStreamSource(FixedPartitionedSource[RawBatch, str]):
     def list_parts(self) -> list[str]:
         return list(self.keys)
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: str | None) -> _StreamPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: str | None) -> _StreamPartition:
         return _StreamPartition(self.url, for_part, self.batch_size, self.poll, resume_state)

@@ -140,12 +140,12 @@ def test_online_values_after_every_batch_equal_oracle(events: list[Event], batch
     engine = ShardEngine()
     for start in range(0, len(events), batch):
         items: list[Update | Tick] = []
-        for event in events[start:start + batch]:
+        for event in events[start : start + batch]:
             if sequencer.admit(event) is None:
                 items += [Update(n, i, event, sequencer.clock) for n, i in route(event)]
         items.append(Tick(sequencer.clock))
         engine.process(items)
-        so_far = events[:start + batch]
+        so_far = events[: start + batch]
         for change in engine.drain_online():
             entity = next(e for e, _ in oracle.entity_ids(so_far) if e.name == change.entity)
             assert change.values == oracle.vector(entity, so_far, change.entity_id, engine.clock)

@@ -34,23 +34,48 @@ def random_events(seed: int, n: int) -> list[Event]:
         kind = rng.random()
         when = {"event_id": f"e{i}", "event_time": t}
         if kind < 0.5:
-            body = {"event_type": "proposal_submitted", "proposal_id": f"p{i}", "job_id": j,
-                    "client_id": c, "freelancer_id": f, "bid_amount": rng.choice([5, 12.5, 40.1]),
-                    "cover_letter": "hello"}
+            body = {
+                "event_type": "proposal_submitted",
+                "proposal_id": f"p{i}",
+                "job_id": j,
+                "client_id": c,
+                "freelancer_id": f,
+                "bid_amount": rng.choice([5, 12.5, 40.1]),
+                "cover_letter": "hello",
+            }
         elif kind < 0.8:
-            body = {"event_type": "proposal_action", "proposal_id": f"p{i}", "job_id": j,
-                    "client_id": c, "freelancer_id": f,
-                    "action": rng.choice(["viewed", "shortlisted", "messaged", "hired"])}
+            body = {
+                "event_type": "proposal_action",
+                "proposal_id": f"p{i}",
+                "job_id": j,
+                "client_id": c,
+                "freelancer_id": f,
+                "action": rng.choice(["viewed", "shortlisted", "messaged", "hired"]),
+            }
         elif kind < 0.9:
-            body = {"event_type": "job_posted", "job_id": j, "client_id": c, "title": "t",
-                    "skills": ["python"], "budget_type": "fixed", "budget_min": 10,
-                    "budget_max": rng.choice([10, 99.5]), "experience_level": "expert",
-                    "category": "data"}
+            body = {
+                "event_type": "job_posted",
+                "job_id": j,
+                "client_id": c,
+                "title": "t",
+                "skills": ["python"],
+                "budget_type": "fixed",
+                "budget_min": 10,
+                "budget_max": rng.choice([10, 99.5]),
+                "experience_level": "expert",
+                "category": "data",
+            }
         else:
-            body = {"event_type": "freelancer_profile", "freelancer_id": f, "country": "DE",
-                    "hourly_rate": rng.choice([10, 55.5]), "skills": ["python", "sql"],
-                    "job_success": rng.choice([None, 97]), "total_earned": 1000,
-                    "top_rated": rng.random() < 0.5}
+            body = {
+                "event_type": "freelancer_profile",
+                "freelancer_id": f,
+                "country": "DE",
+                "hourly_rate": rng.choice([10, 55.5]),
+                "skills": ["python", "sql"],
+                "job_success": rng.choice([None, 97]),
+                "total_earned": 1000,
+                "top_rated": rng.random() < 0.5,
+            }
         from features.events import format_time
 
         text = orjson.dumps({**body, **when, "event_time": format_time(when["event_time"])})
@@ -92,15 +117,18 @@ def expected_changelog(events: list[Event], until: int) -> list[tuple[str, str, 
     out = []
     for name, entity_id, stamp, values in oracle.changelog(events, until):
         entity = next(e for e in ENTITIES if e.name == name)
-        fixed = tuple(offline_layout.floor_seconds(v) if s.dtype is Dtype.TIMESTAMP and v is not None
-                      else v for s, v in zip(features_of(entity), values, strict=True))
+        fixed = tuple(
+            offline_layout.floor_seconds(v) if s.dtype is Dtype.TIMESTAMP and v is not None else v
+            for s, v in zip(features_of(entity), values, strict=True)
+        )
         out.append((name, entity_id, stamp, fixed))
     return sorted(out)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_backfill_equals_oracle_online_and_offline(tmp_path: Path, settings: Settings,
-                                                   workers: int) -> None:
+def test_backfill_equals_oracle_online_and_offline(
+    tmp_path: Path, settings: Settings, workers: int
+) -> None:
     events = random_events(seed=workers, n=300)
     path = write_events(tmp_path / "events.jsonl", events)
     until = events[-1].event_time + 40 * 1440 * MINUTE  # long after: every window empties
@@ -112,7 +140,8 @@ def test_backfill_equals_oracle_online_and_offline(tmp_path: Path, settings: Set
         got = online_layout.read_entities(client, settings.feast_project, [(entity, entity_id)])[0]
         assert got == _floor(entity, oracle.vector(entity, events, entity_id, until))
         assert got == _floor(entity, empty_values(entity)) or any(
-            s.agg.value == "last" for s in features_of(entity))
+            s.agg.value == "last" for s in features_of(entity)
+        )
 
 
 def online_layout_client(settings: Settings):
@@ -122,8 +151,10 @@ def online_layout_client(settings: Settings):
 
 
 def _floor(entity, values: tuple) -> tuple:
-    return tuple(offline_layout.floor_seconds(v) if s.dtype is Dtype.TIMESTAMP and v is not None
-                 else v for s, v in zip(features_of(entity), values, strict=True))
+    return tuple(
+        offline_layout.floor_seconds(v) if s.dtype is Dtype.TIMESTAMP and v is not None else v
+        for s, v in zip(features_of(entity), values, strict=True)
+    )
 
 
 def test_backfill_twice_changes_nothing(tmp_path: Path, settings: Settings) -> None:
@@ -135,21 +166,25 @@ def test_backfill_twice_changes_nothing(tmp_path: Path, settings: Settings) -> N
     dead = DeltaTable(dead_letter_uri(settings)).to_pyarrow_table().num_rows
     run_backfill(settings, path, shards=3)
     assert changelog(settings) == first
-    assert [DeltaTable(offline_layout.changelog_uri(settings, e)).version()
-            for e in ENTITIES] == versions
+    assert [
+        DeltaTable(offline_layout.changelog_uri(settings, e)).version() for e in ENTITIES
+    ] == versions
     assert DeltaTable(dead_letter_uri(settings)).to_pyarrow_table().num_rows == dead == 2
 
 
 def test_dead_letters_keep_raw_text_and_reason(tmp_path: Path, settings: Settings) -> None:
     events = random_events(seed=3, n=20)
-    late = dict(event_to_json(events[-1]), event_id="late-1",
-                event_time="2000-01-01T00:00:00Z")
-    bad = [b'{"event_id": "x", "event_type": "proposal_submitted"}', orjson.dumps(late),
-           b"not json at all"]
+    late = dict(event_to_json(events[-1]), event_id="late-1", event_time="2000-01-01T00:00:00Z")
+    bad = [
+        b'{"event_id": "x", "event_type": "proposal_submitted"}',
+        orjson.dumps(late),
+        b"not json at all",
+    ]
     path = write_events(tmp_path / "events.jsonl", events, extra=bad)
     run_backfill(settings, path, shards=2)
     letters = pl.from_arrow(DeltaTable(dead_letter_uri(settings)).to_pyarrow_table()).sort(
-        "position")
+        "position"
+    )
     assert letters["raw"].to_list() == [b.decode() for b in bad]
     reasons = letters["reason"].to_list()
     assert reasons[0].startswith("field event_time: missing") or "missing" in reasons[0]
