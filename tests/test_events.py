@@ -130,10 +130,6 @@ def reason_for(obj: dict[str, Any] | str | bytes) -> str:
     return result.reason
 
 
-def time_of(text: str) -> int:
-    return parse_time(text)
-
-
 def micros(*args: int, tz: timezone = UTC) -> int:
     """Oracle: datetime arithmetic, independent of parse_time's own."""
     delta = datetime(*args, tzinfo=tz) - datetime(1970, 1, 1, tzinfo=UTC)
@@ -638,7 +634,7 @@ def test_out_of_range_offsets_are_rejected(value: str) -> None:
     ],
 )
 def test_real_edge_dates_are_accepted(value: str, expected: int) -> None:
-    assert time_of(value) == expected
+    assert parse_time(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -663,7 +659,7 @@ def test_real_edge_dates_are_accepted(value: str, expected: int) -> None:
     ],
 )
 def test_offsets_are_converted_to_utc(value: str, expected: int) -> None:
-    assert time_of(value) == expected
+    assert parse_time(value) == expected
     event = accepted(with_("proposal_action", event_time=value))
     assert event.event_time == expected
 
@@ -687,14 +683,14 @@ def test_offsets_are_converted_to_utc(value: str, expected: int) -> None:
     ],
 )
 def test_fractional_seconds_are_truncated_to_microseconds(value: str, expected_micros: int) -> None:
-    assert time_of(value) == micros(2026, 3, 1, 12) + expected_micros
+    assert parse_time(value) == micros(2026, 3, 1, 12) + expected_micros
 
 
 @pytest.mark.parametrize(
     "value", ["2026-03-01t12:00:00z", "2026-03-01 12:00:00Z", "2026-03-01T12:00:00z"]
 )
 def test_rfc_3339_lowercase_and_space_separator_are_accepted(value: str) -> None:
-    assert time_of(value) == micros(2026, 3, 1, 12)
+    assert parse_time(value) == micros(2026, 3, 1, 12)
 
 
 def test_parse_time_raises_the_public_error_naming_the_field() -> None:
