@@ -34,6 +34,7 @@ from features.specs import Dtype, Entity, features_of, view_name
 
 ENTITY_KEY_SERIALIZATION_VERSION = 3
 SECOND_US = 1_000_000
+_NULL_TIMESTAMP = -(2**63)  # how Feast's own writers (materialize) store a null UnixTimestamp
 _STRING_VALUE_TYPE = struct.pack("<I", ValueType.STRING)
 
 Encoder = Callable[[Any], bytes]
@@ -164,8 +165,9 @@ def _decode_strings(raw: bytes) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _decode_timestamp(raw: bytes) -> int:
-    return _signed64(_read_varint(raw, 1)[0]) * SECOND_US
+def _decode_timestamp(raw: bytes) -> int | None:
+    seconds = _signed64(_read_varint(raw, 1)[0])
+    return None if seconds == _NULL_TIMESTAMP else seconds * SECOND_US
 
 
 _CODECS: dict[Dtype, tuple[bytes, Encoder, Decoder]] = {
@@ -201,7 +203,7 @@ def _decode_other(raw: bytes) -> Any:
         return None
     value = getattr(proto, kind)
     if kind == "unix_timestamp_val":
-        return value * SECOND_US
+        return None if value == _NULL_TIMESTAMP else value * SECOND_US
     return tuple(value.val) if hasattr(value, "val") else value
 
 

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import pyarrow as pa
 import pytest
+import redis
 from deltalake import DeltaTable, write_deltalake
 from feast import FeatureStore
 
@@ -24,8 +25,9 @@ from features.offline_layout import (
     create_changelog_tables,
     day_of,
 )
+from features.online_layout import read_entities
 from features.settings import Settings
-from features.specs import ENTITIES, JOB, Dtype, Entity, features_of
+from features.specs import ENTITIES, JOB, Dtype, Entity, features_of, view_name
 from tests.test_feast_repo import feast_store  # noqa: F401  (fixture)
 from tests.test_online_layout import random_values
 
@@ -209,3 +211,39 @@ def test_changelog_table_follows_the_schema() -> None:
     assert day_of(BASE_US) == "2026-01-01"
     with pytest.raises(ValueError):
         changelog_table(JOB, [("j-1", BASE_US, (1, 2))])
+
+
+def test_materialize_rebuilds_the_online_store_from_the_change_log(
+    feast_store: FeatureStore,  # noqa: F811
+    settings: Settings,
+) -> None:
+    rng = random.Random(9)
+    rows = [
+        Row("j-1", BASE_US, BASE_US, random_values(rng, JOB)),
+        Row("j-1", BASE_US + HOUR_US, BASE_US + HOUR_US, random_values(rng, JOB)),
+        Row("j-2", BASE_US + 5, BASE_US + 5, random_values(rng, JOB)),
+    ]
+    write(settings, JOB, rows)
+    start, end = (
+        datetime.fromtimestamp(us / 1e6, tz=UTC) for us in (BASE_US - 1, BASE_US + 2 * HOUR_US)
+    )
+    feast_store.materialize(start, end, feature_views=[view_name(JOB)])
+    client = redis.Redis.from_url(settings.redis_url)
+    got = read_entities(client, settings.feast_project, [(JOB, "j-1"), (JOB, "j-2")])
+    assert got == [oracle(rows, JOB, i, BASE_US + 2 * HOUR_US) for i in ("j-1", "j-2")]
+
+
+def test_full_feature_names(feast_store: FeatureStore, settings: Settings) -> None:  # noqa: F811
+    rows = [Row("j-1", BASE_US, BASE_US, random_values(random.Random(2), JOB))]
+    write(settings, JOB, rows)
+    entity_df = pd.DataFrame(
+        {"job_id": ["j-1"], TIMESTAMP_COLUMN: [datetime(2026, 1, 2, tzinfo=UTC)]}
+    )
+    refs = [f"{view_name(JOB)}:{s.name}" for s in features_of(JOB)]
+    job = feast_store.get_historical_features(
+        entity_df=entity_df, features=refs, full_feature_names=True
+    )
+    result = job.to_arrow().to_pylist()[0]
+    assert tuple(
+        from_arrow(s.dtype, result[f"{view_name(JOB)}__{s.name}"]) for s in features_of(JOB)
+    ) == oracle(rows, JOB, "j-1", BASE_US + 1)

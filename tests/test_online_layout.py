@@ -79,6 +79,10 @@ def test_values_written_by_others_still_decode() -> None:
     assert decode_value(Dtype.FLOAT, ValueProto(int64_val=3).SerializeToString()) == 3
     assert decode_value(Dtype.INT, ValueProto(null_val=0).SerializeToString()) is None
     assert decode_value(Dtype.STRING, None) is None
+    feast_null = ValueProto(
+        unix_timestamp_val=-(2**63)
+    ).SerializeToString()  # as materialize writes
+    assert decode_value(Dtype.TIMESTAMP, feast_null) is None
 
 
 @given(STAMP_US)
