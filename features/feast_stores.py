@@ -403,7 +403,8 @@ def _join_view(
         pl.col(k).cast(left.schema[k]) for k in keys.values()
     )
     order = [*keys.values(), _TS]
-    right = right.sort([*order, _CREATED] if created else order).drop(_CREATED, strict=False)
+    right = right.sort([*order, _CREATED] if created else order, maintain_order=True)
+    right = right.drop(_CREATED, strict=False)
     right = right.unique(subset=order, keep="last", maintain_order=True).sort(_TS)
     joined = left.sort(ts_column).join_asof(
         right,

@@ -84,12 +84,12 @@ def changelog_table(
     """Change rows as an Arrow table in the entity's change-log schema.
 
     `created_us` stamps every row (the writer's processing time); None uses each row's own stamp.
-    A reader keeps, per `(entity_id, event_timestamp)`, the row with the greatest `created`, so a
-    batch should not hold two rows with the same id and stamp.
+    Readers keep, per `(entity_id, event_timestamp)`, the row with the greatest `created`. Within
+    a batch the last row for an id and stamp wins (as in the online store), so only it is kept.
     """
     schema = changelog_schema(entity)
     specs = features_of(entity)
-    rows = list(rows)
+    rows = _last_per_stamp(list(rows))
     ids = [row[0] for row in rows]
     stamps = [row[1] for row in rows]
     created = stamps if created_us is None else [created_us] * len(rows)
@@ -110,6 +110,13 @@ def changelog_table(
     days = _days(stamps)
     columns.append(pa.array(days, pa.string()))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _last_per_stamp(rows: list[ChangeRow]) -> list[ChangeRow]:
+    last = {(row[0], row[1]): index for index, row in enumerate(rows)}
+    if len(last) == len(rows):
+        return rows
+    return [rows[index] for index in sorted(last.values())]
 
 
 def _days(stamps: list[int]) -> list[str]:

@@ -209,6 +209,10 @@ def test_changelog_table_follows_the_schema() -> None:
         pa.int64()
     ).to_pylist() == [5, 5]
     assert day_of(BASE_US) == "2026-01-01"
+    # Two changes at one instant in one batch: the later one is the value at that instant.
+    twice = changelog_table(JOB, [rows[0], ("j-1", rows[0][1], rows[1][2]), rows[1]])
+    assert twice.num_rows == 2
+    assert twice["job_category"].to_pylist() == [rows[1][2][7], rows[1][2][7]]
     with pytest.raises(ValueError):
         changelog_table(JOB, [("j-1", BASE_US, (1, 2))])
 
