@@ -69,10 +69,14 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """What one event type does to one entity: windowed features to fold, profile to keep."""
+    """What one event type does to one entity, compiled from the specs for the hot path.
 
-    windowed: tuple[tuple[int, FeatureSpec], ...]
-    keeps_last: bool
+    windowed: (feature index, aggregation, window, event field folded or None, filter or None)
+    last: (feature index, event field) of the profile features this event type sets
+    """
+
+    windowed: tuple[tuple[int, Agg, Any, str | None, tuple[tuple[str, str], ...] | None], ...]
+    last: tuple[tuple[int, str], ...]
 
 
 def _plans() -> dict[tuple[str, str], _Plan]:
@@ -80,11 +84,12 @@ def _plans() -> dict[tuple[str, str], _Plan]:
     for entity in ENTITIES:
         specs = features_of(entity)
         for event_type in {f.event_type for f in specs}:
+            mine = [(i, f) for i, f in enumerate(specs) if f.event_type == event_type]
             windowed = tuple(
-                (i, f) for i, f in enumerate(specs) if f.event_type == event_type and f.windowed
+                (i, f.agg, f.window, f.value, f.where or None) for i, f in mine if f.windowed
             )
-            keeps_last = any(f.event_type == event_type and not f.windowed for f in specs)
-            plans[(entity.name, event_type)] = _Plan(windowed, keeps_last)
+            last = tuple((i, f.value) for i, f in mine if not f.windowed and f.value)
+            plans[(entity.name, event_type)] = _Plan(windowed, last)
     return plans
 
 
@@ -93,8 +98,10 @@ _SPECS = {e.name: features_of(e) for e in ENTITIES}
 _EMPTY = {
     e.name: tuple(0 if f.agg is Agg.COUNT else None for f in features_of(e)) for e in ENTITIES
 }
-
-
+_WINDOWED = {
+    e.name: tuple((i, f.agg, f.window) for i, f in enumerate(features_of(e)) if f.window)
+    for e in ENTITIES
+}
 _ROUTES = {
     t: tuple(entities_of_event(t))
     for t in ("job_posted", "freelancer_profile", "proposal_submitted", "proposal_action")
@@ -107,31 +114,34 @@ def route(event: Event) -> list[tuple[str, str]]:
 
 
 class EntityState:
-    """One entity's tiles and running totals (per windowed feature), and its latest profile
-    events (per event type).
+    """One entity's tiles and running totals (per windowed feature), its latest profile values,
+    and its current feature vector, kept up to date as tiles come and go.
 
-    Invariant: `totals[i]` is the merge of `tiles[i]`, and `tiles[i]` holds only tiles inside the
-    window at the latest time the state was read or pruned, in start order. Reads then cost
-    O(features), not O(tiles); pruning subtracts exactly (see `tiles.subtract`).
+    Invariant: `totals[i]` is the merge of `tiles[i]`, `values[i]` is its value, and `tiles[i]`
+    holds only tiles inside the window at the latest time the state was pruned to, in start
+    order. Reading is then a tuple copy, and pruning subtracts exactly (see `tiles.subtract`).
     """
 
-    __slots__ = ("tiles", "totals", "last", "emitted", "stamp")
+    __slots__ = ("tiles", "totals", "values", "last_times", "emitted", "stamp")
 
     def __init__(self, empty: Values) -> None:
         self.tiles: list[dict[int, Any] | None] = [None] * len(empty)
         self.totals: list[Any] = [None] * len(empty)
-        self.last: dict[str, Event] = {}
+        self.values: list[Any] = list(empty)
+        self.last_times: dict[str, int] = {}  # event type -> event_time of the values kept
         self.emitted = empty  # the values of its latest change-log row
         self.stamp = NEVER  # when its values last changed
 
-    def fold(self, i: int, spec: FeatureSpec, start: int, value: Any) -> bool:
+    def fold(self, i: int, agg: Agg, start: int, value: Any) -> bool:
         """Add one event to tile `start` of feature i; True if the tile is new."""
         held = self.tiles[i]
         if held is None:
             held = self.tiles[i] = {}
-        agg = spec.agg
         total = self.totals[i]
-        self.totals[i] = tiles.build(agg, value) if total is None else tiles.fold(agg, total, value)
+        total = self.totals[i] = (
+            tiles.build(agg, value) if total is None else tiles.fold(agg, total, value)
+        )
+        self.values[i] = total if agg is Agg.COUNT else tiles.value(agg, total)
         partial = held.get(start)
         if partial is not None:
             held[start] = tiles.fold(agg, partial, value)
@@ -142,31 +152,24 @@ class EntityState:
             self.tiles[i] = dict(sorted(held.items()))
         return True
 
-    def read(self, specs: tuple[FeatureSpec, ...]) -> Values:
-        """The entity's feature vector (as of the time it was last pruned to)."""
-        out: list[Any] = []
-        totals = self.totals
-        last = self.last
-        for i, spec in enumerate(specs):
-            if spec.window is not None:
-                total = totals[i]
-                if spec.agg is Agg.COUNT:
-                    out.append(0 if total is None else total)
-                else:
-                    out.append(tiles.value(spec.agg, total))
-            else:
-                event = last.get(spec.event_type)
-                out.append(None if event is None else getattr(event, spec.value))  # type: ignore[arg-type]
-        return tuple(out)
+    def keep_latest(self, event: Event, fields: tuple[tuple[int, str], ...]) -> None:
+        """Take a profile event's values unless a later one of its type is already kept."""
+        kept = self.last_times.get(event.event_type)
+        if kept is None or kept <= event.event_time:
+            self.last_times[event.event_type] = event.event_time
+            for i, name in fields:
+                self.values[i] = getattr(event, name)
 
-    def prune(self, specs: tuple[FeatureSpec, ...], t: int) -> None:
+    def read(self) -> Values:
+        """The entity's feature vector (as of the time it was last pruned to)."""
+        return tuple(self.values)
+
+    def prune(self, windowed: tuple[tuple[int, Agg, Any], ...], t: int) -> None:
         """Drop the tiles that have left their window at t (reads come at non-decreasing t)."""
-        for i, held in enumerate(self.tiles):
+        for i, agg, window in windowed:
+            held = self.tiles[i]
             if not held:
                 continue
-            spec = specs[i]
-            window = spec.window
-            assert window is not None
             lo = t - t % window.hop_us - window.length_us
             if next(iter(held)) >= lo:
                 continue
@@ -175,14 +178,18 @@ class EntityState:
                 if start >= lo:
                     break
                 gone.append(start)
+            total = self.totals[i]
             for start in gone:
-                self.totals[i] = tiles.subtract(spec.agg, self.totals[i], held.pop(start))
-            if not held:
-                self.tiles[i] = None
-                self.totals[i] = None
+                total = tiles.subtract(agg, total, held.pop(start))
+            if held:
+                self.totals[i] = total
+                self.values[i] = total if agg is Agg.COUNT else tiles.value(agg, total)
+            else:
+                self.tiles[i] = self.totals[i] = None
+                self.values[i] = tiles.value(agg, None)
 
     def is_empty(self) -> bool:
-        return not self.last and not any(self.tiles)
+        return not self.last_times and not any(self.tiles)
 
 
 @dataclass
@@ -213,22 +220,19 @@ class ShardEngine:
             state = self.entities[key] = EntityState(_EMPTY[update.entity])
         event = update.event
         plan = _PLANS[(update.entity, event.event_type)]
-        for i, spec in plan.windowed:
-            if not spec.matches(event):
+        t = event.event_time
+        for i, agg, window, field_name, where in plan.windowed:
+            if where is not None and any(getattr(event, k) != v for k, v in where):
                 continue
-            window = spec.window
-            assert window is not None
-            start = tiles.floor_hop(event.event_time, window.hop_us)
-            expires = tiles.expiry(start, window)
+            start = t - t % window.hop_us
+            expires = start + window.length_us + window.hop_us
             if expires <= self.clock:
                 continue  # so late it has already left its window: changes nothing now
-            value = getattr(event, spec.value) if spec.value else None
-            if state.fold(i, spec, start, value):
+            value = getattr(event, field_name) if field_name else None
+            if state.fold(i, agg, start, value):
                 heapq.heappush(self.due, (expires, update.entity, update.entity_id))
-        if plan.keeps_last:
-            kept = state.last.get(event.event_type)
-            if kept is None or kept.event_time <= event.event_time:
-                state.last[event.event_type] = event
+        if plan.last:
+            state.keep_latest(event, plan.last)
         state.stamp = self.clock
         self.pending[key] = None
         self.dirty[key] = None
@@ -274,8 +278,8 @@ class ShardEngine:
                     out.append(dropped)
                 continue
             name, entity_id = key
-            state.prune(_SPECS[name], self.clock)  # a boundary due right at the clock
-            out.append(Change(name, entity_id, state.stamp, state.read(_SPECS[name])))
+            state.prune(_WINDOWED[name], self.clock)  # a boundary due right at the clock
+            out.append(Change(name, entity_id, state.stamp, state.read()))
         self.dirty = {}
         return out
 
@@ -284,8 +288,8 @@ class ShardEngine:
         state = self.entities.get((entity.name, entity_id))
         if state is None:
             return None
-        state.prune(_SPECS[entity.name], self.clock)
-        return state.read(_SPECS[entity.name])
+        state.prune(_WINDOWED[entity.name], self.clock)
+        return state.read()
 
     def _finalise_pending(self) -> None:
         for key in self.pending:
@@ -296,9 +300,8 @@ class ShardEngine:
         state = self.entities.get(key)
         if state is None:
             return
-        specs = _SPECS[key[0]]
-        state.prune(specs, stamp)
-        values = state.read(specs)
+        state.prune(_WINDOWED[key[0]], stamp)
+        values = state.read()
         if values != state.emitted:
             change = Change(key[0], key[1], stamp, values)
             self.changes.append(change)
