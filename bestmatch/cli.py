@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from bestmatch.bench import bench_app
 from bestmatch.console import console, friendly, print_table, progress
 from features.errors import ConfigError, InvalidEventError
 from features.settings import Settings
@@ -19,6 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+app.add_typer(bench_app, name="bench")
 
 EventsFile = Annotated[
     Path, typer.Option("--events", help="JSON Lines file (.jsonl or .jsonl.gz).")
