@@ -30,7 +30,6 @@ from features.specs import (
     FEATURES,
     Agg,
     Entity,
-    FeatureSpec,
     entities_of_event,
     features_of,
 )
