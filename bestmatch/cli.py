@@ -26,7 +26,12 @@ app.add_typer(bench_app, name="bench")
 EventsFile = Annotated[
     Path, typer.Option("--events", help="JSON Lines file (.jsonl or .jsonl.gz).")
 ]
-Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Bytewax worker threads.")]
+Workers = Annotated[
+    int, typer.Option("--workers", "-w", min=1, help="Bytewax worker threads per process.")
+]
+Processes = Annotated[
+    int, typer.Option("--processes", "-p", min=1, help="Local processes (a Bytewax cluster).")
+]
 
 
 def _settings() -> Settings:
@@ -89,6 +94,7 @@ def backfill(
         ),
     ] = None,
     workers: Workers = 1,
+    processes: Processes = 1,
 ) -> None:
     """Run the feature flow over a file (available-now), then stop."""
     from features.lake import summarize_lake
@@ -104,7 +110,7 @@ def backfill(
         console.print(note)
     started = time.perf_counter()
     with progress(f"backfilling {events}", total=None):
-        run_backfill(settings, events, until=until_us, workers=workers)
+        run_backfill(settings, events, until=until_us, workers=workers, processes=processes)
     elapsed = time.perf_counter() - started
     print_table(f"backfill done in {elapsed:.1f} s", summarize_lake(settings, elapsed))
 
@@ -142,6 +148,7 @@ def publish(
 @friendly
 def stream(
     workers: Workers = 1,
+    processes: Processes = 1,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 9108,
     trigger: Annotated[
         float, typer.Option(help="Change-log trigger in seconds (0: continuous, every batch).")
@@ -162,7 +169,7 @@ def stream(
         start_http_server(metrics_port, registry=METRICS.registry)
         console.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics")
     console.print(f"streaming from {settings.stream_key}; Ctrl-C to stop")
-    run_stream(settings, workers=workers, trigger_s=trigger)
+    run_stream(settings, workers=workers, processes=processes, trigger_s=trigger)
 
 
 @app.command()

@@ -212,7 +212,8 @@ class ShardEngine:
 
     def apply(self, update: Update) -> None:
         """Fold one routed event into its entity; its change is stamped with the clock."""
-        self.advance(update.clock)
+        if update.clock > self.clock:
+            self.advance(update.clock)
         key = (update.entity, update.entity_id)
         state = self.entities.get(key)
         if state is None:
@@ -220,6 +221,7 @@ class ShardEngine:
         event = update.event
         plan = _PLANS[(update.entity, event.event_type)]
         t = event.event_time
+        pushed = 0  # features sharing a window share its boundary: push it once
         for i, agg, window, field_name, where in plan.windowed:
             if where is not None and any(getattr(event, k) != v for k, v in where):
                 continue
@@ -228,8 +230,9 @@ class ShardEngine:
             if expires <= self.clock:
                 continue  # so late it has already left its window: changes nothing now
             value = getattr(event, field_name) if field_name else None
-            if state.fold(i, agg, start, value):
+            if state.fold(i, agg, start, value) and expires != pushed:
                 heapq.heappush(self.due, (expires, update.entity, update.entity_id))
+                pushed = expires
         if plan.last:
             state.keep_latest(event, plan.last)
         state.stamp = self.clock
@@ -249,11 +252,18 @@ class ShardEngine:
                 _, name, entity_id = heapq.heappop(due)
                 keys[(name, entity_id)] = None
             for key in sorted(keys):
-                self._record(key, stamp)
+                state = self.entities.get(key)
+                if state is not None:
+                    state.prune(_WINDOWED[key[0]], stamp)
+                    self._record(key, stamp)
         while due and due[0][0] == t:
             _, name, entity_id = heapq.heappop(due)
-            self.pending[(name, entity_id)] = None
-            self.dirty[(name, entity_id)] = None
+            key = (name, entity_id)
+            state = self.entities.get(key)
+            if state is not None:
+                state.prune(_WINDOWED[name], t)  # its row comes with the clock's other changes
+            self.pending[key] = None
+            self.dirty[key] = None
         self.clock = t
 
     def finish(self, until: int | None = None) -> None:
@@ -277,7 +287,6 @@ class ShardEngine:
                     out.append(dropped)
                 continue
             name, entity_id = key
-            state.prune(_WINDOWED[name], self.clock)  # a boundary due right at the clock
             out.append(Change(name, entity_id, state.stamp, state.read()))
         self.dirty = {}
         return out
@@ -296,10 +305,11 @@ class ShardEngine:
         self.pending = {}
 
     def _record(self, key: EntityKey, stamp: int) -> None:
+        """Write the entity's row at `stamp` if its values changed (its tiles are pruned to it:
+        every tile leaves at a boundary, and `advance` prunes at each boundary it replays)."""
         state = self.entities.get(key)
         if state is None:
             return
-        state.prune(_WINDOWED[key[0]], stamp)
         values = state.read()
         if values != state.emitted:
             change = Change(key[0], key[1], stamp, values)

@@ -4,6 +4,7 @@
     ├── ConfigError           a setting is missing or malformed (names the variable, never a secret)
     ├── InvalidEventError     an event breaks CONTRACT §1 (carries the field and the reason)
     ├── StoreError            an online/offline store is unreachable or holds something unexpected
+    ├── FlowError             the feature flow stopped abnormally
     └── ModelError            no registered model, or one whose feature list does not match
 
 Bad *data* in a flow is not raised: it becomes a dead letter. These exceptions are for callers
@@ -32,6 +33,10 @@ class InvalidEventError(BestMatchError):
 
 class StoreError(BestMatchError):
     """An online or offline store cannot be used."""
+
+
+class FlowError(BestMatchError):
+    """The feature flow stopped abnormally."""
 
 
 class ModelError(BestMatchError):

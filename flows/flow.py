@@ -27,6 +27,7 @@ def build_flow(
     shards: int = DEFAULT_SHARDS,
     trigger_s: float = 0.0,
     recoverable: bool = False,
+    fresh_online: bool = True,
     flow_id: str = "bestmatch_features",
 ) -> Dataflow:
     """The dataflow, with sinks writing to the stores `settings` names.
@@ -51,7 +52,7 @@ def build_flow(
     work = op.flat_map("take_shard_work", outputs, _shard_work)
     by_shard = op.key_on("shard_entities", work, lambda w: w.shard)
     aggregated = op.stateful_batch(
-        "aggregate_features", by_shard, lambda state: ShardLogic(recoverable, state)
+        "aggregate_features", by_shard, lambda state: ShardLogic(recoverable, fresh_online, state)
     )
     changes = op.key_rm("unkey_shards", aggregated)
     op.output("write_online", changes, OnlineSink(settings))

@@ -93,23 +93,28 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, Sequencer]):
 class ShardLogic(StatefulBatchLogic[ShardWork, ShardOutput, ShardEngine]):
     """One shard of entities: tiles, hop boundaries, change-log rows, online values."""
 
-    def __init__(self, recoverable: bool, state: ShardEngine | None):
+    def __init__(self, recoverable: bool, fresh_online: bool, state: ShardEngine | None):
         self.engine = state if state is not None else ShardEngine()
         self.recoverable = recoverable
+        # A stream refreshes the online store every batch; a backfill only needs the final
+        # values, so it writes each entity once, at the end.
+        self.fresh_online = fresh_online
 
     def on_batch(self, values: list[ShardWork]) -> tuple[list[ShardOutput], bool]:
         engine = self.engine
         shard = values[0].shard
+        finished = False
         for work in values:
             for item in work.items:
-                if type(item) is Finish:
-                    engine.finish(item.until)
-                elif type(item) is Update:
+                if type(item) is Update:
                     engine.apply(item)
+                elif type(item) is Finish:
+                    engine.finish(item.until)
+                    finished = True
                 else:
                     engine.advance(item.clock)  # type: ignore[union-attr]
         changes = engine.drain_changes()
-        online = engine.drain_online()
+        online = engine.drain_online() if self.fresh_online or finished else []
         if not changes and not online:
             return [], StatefulBatchLogic.RETAIN
         return [ShardOutput(shard, changes, online, engine.clock)], StatefulBatchLogic.RETAIN

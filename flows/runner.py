@@ -8,14 +8,17 @@ its last epoch, and the idempotent sinks make the replay invisible.
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
+import socket
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from features.errors import ConfigError
+from features.errors import ConfigError, FlowError
 from features.settings import Settings
 from flows.flow import DEFAULT_SHARDS, build_flow
 from flows.sources import JsonlSource, RedisStreamSource
@@ -45,6 +48,7 @@ def run_backfill(
     *,
     until: int | None = None,
     workers: int = 1,
+    processes: int = 1,
     shards: int = DEFAULT_SHARDS,
     batch_size: int = 2000,
     checkpoint: bool = True,
@@ -54,37 +58,115 @@ def run_backfill(
     With `checkpoint`, the final state is kept for a later `stream` (one snapshot at the end: the
     epoch spans the whole run, since a backfill is simply run again after a crash).
     """
-    recovery = _recovery(checkpoint_dir(settings), fresh=True) if checkpoint else None
-    flow = build_flow(
-        settings,
-        JsonlSource(events, batch_size, until),
-        shards=shards,
-        trigger_s=3600.0,
-        recoverable=checkpoint,
-    )
-    cli_main(
-        flow,
-        workers_per_process=workers,
-        epoch_interval=timedelta(days=365),
-        recovery_config=recovery,
-    )
+    if checkpoint:
+        _recovery(checkpoint_dir(settings), fresh=True)
+    options = {
+        "events": events,
+        "until": until,
+        "shards": shards,
+        "batch_size": batch_size,
+        "checkpoint": checkpoint,
+    }
+    _launch(settings, "backfill", options, workers, processes)
 
 
 def run_stream(
     settings: Settings,
     *,
     workers: int = 1,
+    processes: int = 1,
     shards: int = DEFAULT_SHARDS,
     trigger_s: float = 0.0,
     epoch_s: float = 2.0,
     batch_size: int = 2000,
 ) -> None:
     """The event bus, until stopped; resumes after a crash with nothing lost or counted twice."""
-    source = RedisStreamSource(settings.redis_url, [settings.stream_key], batch_size)
-    flow = build_flow(settings, source, shards=shards, trigger_s=trigger_s, recoverable=True)
+    _recovery(checkpoint_dir(settings), fresh=False)
+    options = {
+        "shards": shards,
+        "trigger_s": trigger_s,
+        "epoch_s": epoch_s,
+        "batch_size": batch_size,
+    }
+    _launch(settings, "stream", options, workers, processes)
+
+
+def _launch(
+    settings: Settings, mode: str, options: dict[str, Any], workers: int, processes: int
+) -> None:
+    """Run the flow in this process, or as a cluster of `processes` local processes."""
+    if processes <= 1:
+        _execute(settings, mode, options, workers, None, None)
+        return
+    ports = [_free_port() for _ in range(processes)]
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(
+            target=_execute,
+            args=(settings, mode, options, workers, i, addresses),
+            name=f"bestmatch-{mode}-{i}",
+        )
+        for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+    try:
+        for child in children:
+            child.join()
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+    failed = [c.name for c in children if c.exitcode]
+    if failed:
+        msg = f"flow process(es) failed: {', '.join(failed)}"
+        raise FlowError(msg)
+
+
+def _execute(
+    settings: Settings,
+    mode: str,
+    options: dict[str, Any],
+    workers: int,
+    process_id: int | None,
+    addresses: list[str] | None,
+) -> None:
+    recovery = RecoveryConfig(str(checkpoint_dir(settings)))
+    if mode == "backfill":
+        source = JsonlSource(options["events"], options["batch_size"], options["until"])
+        flow = build_flow(
+            settings,
+            source,
+            shards=options["shards"],
+            trigger_s=3600.0,
+            recoverable=options["checkpoint"],
+            fresh_online=False,
+        )
+        epoch = timedelta(days=365)
+        if not options["checkpoint"]:
+            recovery = None
+    else:
+        source = RedisStreamSource(settings.redis_url, [settings.stream_key], options["batch_size"])
+        flow = build_flow(
+            settings,
+            source,
+            shards=options["shards"],
+            trigger_s=options["trigger_s"],
+            recoverable=True,
+        )
+        epoch = timedelta(seconds=options["epoch_s"])
     cli_main(
         flow,
         workers_per_process=workers,
-        epoch_interval=timedelta(seconds=epoch_s),
-        recovery_config=_recovery(checkpoint_dir(settings), fresh=False),
+        process_id=process_id,
+        addresses=addresses,
+        epoch_interval=epoch,
+        recovery_config=recovery,
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

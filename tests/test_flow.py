@@ -193,3 +193,11 @@ def test_dead_letters_keep_raw_text_and_reason(tmp_path: Path, settings: Setting
     assert letters["seen"].null_count() == 0
     # and nothing of them reached a feature: the change log is the clean stream's
     assert changelog(settings) == expected_changelog(events, events[-1].event_time)
+
+
+def test_two_processes_equal_one(tmp_path: Path, settings: Settings) -> None:
+    """A local cluster of two processes writes the same change log as one process."""
+    events = random_events(seed=11, n=150)
+    path = write_events(tmp_path / "events.jsonl", events)
+    run_backfill(settings, path, processes=2, workers=1, shards=4)
+    assert changelog(settings) == expected_changelog(events, events[-1].event_time)
