@@ -15,6 +15,7 @@ class RawBatch:
     partition: str
     positions: list[int]
     lines: list[bytes]
+    published_ms: int | None = None  # when the oldest event reached the bus (streams only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class ParsedBatch:
     lines: list[bytes]
     parsed: list[Event | Rejection]
     seen_us: int
+    published_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class ShardWork:
 
     shard: str
     items: list[Update | Tick | Finish]
+    published_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,7 @@ class ShardOutput:
     changes: list[Change]
     online: list[Change]
     clock: int
+    published_ms: int | None = None  # of the oldest event behind `online`, for freshness
 
 
 @dataclass(frozen=True, slots=True)

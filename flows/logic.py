@@ -30,7 +30,12 @@ def parse_batch(batch: RawBatch | End) -> ParsedBatch | End:
     parsed = [parse_event(line) for line in batch.lines]
     METRICS.events_in.inc(len(parsed))
     return ParsedBatch(
-        batch.partition, batch.positions, batch.lines, parsed, time.time_ns() // 1000
+        batch.partition,
+        batch.positions,
+        batch.lines,
+        parsed,
+        time.time_ns() // 1000,
+        batch.published_ms,
     )
 
 
@@ -83,7 +88,11 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, Sequencer]):
                 items.append(tick)
         for letter in dead:
             METRICS.dead_letters.labels(reason=letter.reason.split(":")[0]).inc()
-        out = SequencerOutput([ShardWork(s, items) for s, items in work.items()], dead)
+        published = min(
+            (b.published_ms for b in values if type(b) is ParsedBatch and b.published_ms),
+            default=None,
+        )
+        out = SequencerOutput([ShardWork(s, items, published) for s, items in work.items()], dead)
         return [out], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Sequencer:
@@ -117,7 +126,9 @@ class ShardLogic(StatefulBatchLogic[ShardWork, ShardOutput, ShardEngine]):
         online = engine.drain_online() if self.fresh_online or finished else []
         if not changes and not online:
             return [], StatefulBatchLogic.RETAIN
-        return [ShardOutput(shard, changes, online, engine.clock)], StatefulBatchLogic.RETAIN
+        published = min((w.published_ms for w in values if w.published_ms), default=None)
+        out = ShardOutput(shard, changes, online, engine.clock, published)
+        return [out], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ShardEngine:
         # Bytewax asks every epoch, and keeps the snapshot only with recovery on: copy only then.

@@ -197,6 +197,10 @@ class _OnlinePartition(StatelessSinkPartition[ShardOutput]):
         if updates:
             online_layout.write_entities(self._client, self._project, updates)
             METRICS.online_writes.inc(len(updates))
+        now = time.time()
+        for out in items:
+            if out.published_ms and out.online:
+                METRICS.freshness.observe(max(0.0, now - out.published_ms / 1000))
         if items:
             clock = max(out.clock for out in items)
             METRICS.clock.set(clock / 1e6)

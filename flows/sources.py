@@ -89,7 +89,7 @@ class _StreamPartition(StatefulSourcePartition[RawBatch, str]):
         self._last = entries[-1][0].decode()
         positions = [entry_position(entry_id) for entry_id, _ in entries]
         lines = [fields.get(EVENT_FIELD, b"") for _, fields in entries]
-        return [RawBatch(self._key, positions, lines)]
+        return [RawBatch(self._key, positions, lines, positions[0] // 1_000_000)]
 
     def next_awake(self) -> datetime | None:
         return self._awake
