@@ -1,0 +1,266 @@
+"""`bestmatch stream` on the real event bus: the same stores as a backfill, exactly once through
+SIGKILLs, continuing from a backfill, and one or two workers alike.
+
+A stream's change-log rows are final once its clock moves past their stamp (features/engine.py),
+so the rows at its newest event time stay pending while it waits for more; a backfill finalises
+them at its end. Comparisons leave those rows out, or publish one later event to settle them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from features.events import Event, event_to_json, format_time
+from features.settings import Settings
+from flows.runner import run_backfill
+from tests import oracle
+from tests.conftest import free_port
+from tests.streaming import (
+    How,
+    Publisher,
+    StreamProcess,
+    changelog_rows,
+    changelog_versions,
+    converge,
+    dead_letters,
+    mirror_stream,
+    online_dump,
+    online_values,
+    publish,
+    settle,
+)
+from tests.test_flow import random_events
+
+SECOND = 1_000_000
+DAY = 86_400 * SECOND
+START_TIMEOUT = 120.0  # the first start imports the whole stack: slow on a loaded 2-core box
+CATCH_UP_TIMEOUT = 60.0
+
+Streams = list[StreamProcess]
+
+
+@pytest.fixture
+def streams(tmp_path: Path) -> Iterator[Streams]:
+    """Stream processes a test starts; all killed at teardown, whatever happened."""
+    started: Streams = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+def new_stream(
+    streams: Streams, settings: Settings, tmp_path: Path, *, workers: int = 1, how: How = "fork"
+) -> StreamProcess:
+    process = StreamProcess(
+        settings,
+        tmp_path / f"stream-{len(streams)}.log",
+        free_port(),
+        workers=workers,
+        how=how,
+    )
+    streams.append(process)
+    process.start()
+    return process
+
+
+def other_stores(settings: Settings, tmp_path: Path, name: str, db: int) -> Settings:
+    """A second lake and Redis database on the same server (the fixture flushes them all)."""
+    url = settings.redis_url.rsplit("/", 1)[0] + f"/{db}"
+    return Settings(redis_url=url, lake=str(tmp_path / name), _env_file=None)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+INVALID = [
+    b"{oops",
+    b'{"event_id": 1}',
+    b'{"event_id": "x-1", "event_type": "job_closed", "event_time": "2026-01-01T00:00:00Z"}',
+    b"[1, 2, 3]",
+    b'{"event_id": "x-2", "event_type": "proposal_submitted", "event_time": "2026-01-01T00:00"}',
+]
+
+
+def line_of(event: Event) -> bytes:
+    return orjson.dumps(event_to_json(event))
+
+
+def dirty_lines(events: list[Event], seed: int) -> list[bytes]:
+    """The events in order, with invalid lines, at-once repeats (dropped as duplicates) and
+    repeats a few events later (mostly late by then: dead letters)."""
+    rng = random.Random(seed)
+    out = []
+    for i, event in enumerate(events):
+        line = line_of(event)
+        out.append(line)
+        roll = rng.random()
+        if roll < 0.03:
+            out.append(rng.choice(INVALID))
+        elif roll < 0.06:
+            out.append(line)
+        elif roll < 0.08 and i >= 5:
+            out.append(line_of(events[i - rng.randint(1, 5)]))
+    return out
+
+
+def write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def tick(t: int, name: str = "tick") -> bytes:
+    """A later event for an entity of its own: moves the clock to t, so rows before t settle."""
+    return orjson.dumps(
+        {
+            "event_id": f"{name}-{t}",
+            "event_type": "freelancer_profile",
+            "event_time": format_time(t),
+            "freelancer_id": f"f-{name}",
+            "country": "DE",
+            "hourly_rate": 1,
+            "skills": [],
+            "job_success": None,
+            "total_earned": 0,
+            "top_rated": False,
+        }
+    )
+
+
+def before(rows: list[tuple], t: int) -> list[tuple]:
+    return [row for row in rows if row[2] < t]
+
+
+def until(rows: list[tuple], t: int) -> list[tuple]:
+    return [row for row in rows if row[2] <= t]
+
+
+def reasons(letters: list[tuple[str, int, str, str]]) -> list[tuple[str, str]]:
+    """Dead letters without where they were read (a file line or a stream entry id)."""
+    return [(raw, reason) for _, _, raw, reason in letters]
+
+
+def assert_no_repeated_stamps(rows: list[tuple]) -> None:
+    repeated = [k for k, n in Counter(row[:3] for row in rows).items() if n > 1]
+    assert not repeated, f"(entity, id, stamp) with more than one row: {repeated[:5]}"
+
+
+# --- 1 and 4: stream = backfill, with one worker or two ---------------------------------------
+
+
+@pytest.mark.parametrize(("workers", "how"), [(1, "cli"), (2, "fork")])
+def test_stream_equals_backfill(
+    tmp_path: Path, settings: Settings, streams: Streams, workers: int, how: How
+) -> None:
+    events = random_events(seed=20 + workers, n=800)
+    lines = dirty_lines(events, seed=workers)
+    final = events[-1].event_time
+    backfilled = other_stores(settings, tmp_path, "backfill", db=1)
+    run_backfill(backfilled, write_lines(tmp_path / "events.jsonl", lines))
+    want_online = online_dump(backfilled)
+    want_rows = changelog_rows(backfilled)
+    want_letters = dead_letters(backfilled)
+    entities = oracle.entity_ids(events)
+    assert any(row[2] == final for row in want_rows)  # so the pending rows matter
+
+    sent = publish(settings, lines)
+    stream = new_stream(streams, settings, tmp_path, workers=workers, how=how)
+    stream.wait_read(sent, START_TIMEOUT)
+
+    assert converge(lambda: online_dump(settings), want_online, CATCH_UP_TIMEOUT) == want_online
+    assert online_values(settings, entities) == online_values(backfilled, entities)
+    # everything before the clock is final; the rows at the clock wait for a later event
+    assert converge(lambda: changelog_rows(settings), before(want_rows, final), 20) == before(
+        want_rows, final
+    )
+    assert reasons(converge(lambda: dead_letters(settings), want_letters, 20)) == reasons(
+        want_letters
+    )
+
+    publish(settings, [tick(final + SECOND)])
+    got = converge(lambda: until(changelog_rows(settings), final), want_rows, 20)
+    assert got == want_rows
+    assert_no_repeated_stamps(changelog_rows(settings))
+
+
+# --- 2: exactly once through SIGKILLs ---------------------------------------------------------
+
+
+def test_sigkill_loses_nothing_and_counts_nothing_twice(
+    tmp_path: Path, settings: Settings, streams: Streams
+) -> None:
+    rng = random.Random(5)
+    events = random_events(seed=5, n=3000)
+    lines = dirty_lines(events, seed=5)
+    lines.append(tick(events[-1].event_time + 40 * DAY))  # every window empties before it
+
+    publisher = Publisher(settings, lines, rate=len(lines) / 8)
+    publisher.start()
+    crashed = new_stream(streams, settings, tmp_path)
+    for _ in range(3):
+        # let it read something, then kill it at a random moment: mid-batch, mid-epoch or
+        # mid-commit, wherever that lands
+        crashed.wait_read(1, START_TIMEOUT)
+        time.sleep(rng.uniform(0.0, 2.5))
+        crashed.kill()
+        crashed.start()
+    publisher.finish(60)
+
+    calm = other_stores(settings, tmp_path, "calm", db=1)
+    assert mirror_stream(settings, calm) == len(lines)
+    reference = new_stream(streams, calm, tmp_path)
+    reference.wait_read(len(lines), START_TIMEOUT)
+    want = settle(lambda: (online_dump(calm), changelog_versions(calm)), CATCH_UP_TIMEOUT)[0]
+    want_rows = changelog_rows(calm)
+    want_letters = dead_letters(calm)
+    assert want_letters, "the events must exercise the dead-letter table"
+
+    assert converge(lambda: online_dump(settings), want, CATCH_UP_TIMEOUT) == want
+    assert converge(lambda: changelog_rows(settings), want_rows, 20) == want_rows
+    assert converge(lambda: dead_letters(settings), want_letters, 20) == want_letters
+    assert_no_repeated_stamps(want_rows)
+    # and it stays so: nothing replayed arrives late
+    time.sleep(1.0)
+    assert changelog_rows(settings) == want_rows
+    assert dead_letters(settings) == want_letters
+    assert online_dump(settings) == want
+    assert crashed.starts == 4
+
+
+# --- 3: a stream continues where a backfill stopped -------------------------------------------
+
+
+@pytest.mark.parametrize("split", ["between_instants", "inside_an_instant"])
+def test_stream_continues_a_backfill(
+    tmp_path: Path, settings: Settings, streams: Streams, split: str
+) -> None:
+    events = random_events(seed=31, n=600)
+    lines = [line_of(e) for e in events]
+    same = [
+        i for i in range(100, 500) if events[i - 1].event_time == events[i].event_time
+    ]  # events[:i] ends inside an instant that events[i:] continues
+    other = [i for i in range(100, 500) if events[i - 1].event_time < events[i].event_time]
+    cut = (same if split == "inside_an_instant" else other)[0]
+    final = events[-1].event_time
+
+    whole = other_stores(settings, tmp_path, "whole", db=1)
+    run_backfill(whole, write_lines(tmp_path / "all.jsonl", lines))
+    want_online = online_dump(whole)
+    want_rows = changelog_rows(whole)
+
+    run_backfill(settings, write_lines(tmp_path / "first.jsonl", lines[:cut]))
+    sent = publish(settings, lines[cut:])
+    stream = new_stream(streams, settings, tmp_path)
+    stream.wait_read(sent, START_TIMEOUT)
+
+    assert converge(lambda: online_dump(settings), want_online, CATCH_UP_TIMEOUT) == want_online
+    assert converge(lambda: changelog_rows(settings), before(want_rows, final), 20) == before(
+        want_rows, final
+    )
+    publish(settings, [tick(final + SECOND)])
+    assert converge(lambda: until(changelog_rows(settings), final), want_rows, 20) == want_rows
