@@ -4,5 +4,6 @@ from __future__ import annotations
 
 import typer
 
-bench_app = typer.Typer(help="Benchmarks: figures and ratios against a baseline, side by side.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: figures and ratios against a baseline, side by side.", no_args_is_help=True
+)
