@@ -1,9 +1,685 @@
-"""`bestmatch bench ...`: benchmarks that print figures and ratios side by side."""
+"""`bestmatch bench ...`: benchmarks that print figures and ratios side by side.
+
+`bench flow` measures the feature flow on this machine, in one run:
+
+- Backfill throughput, end to end: the same events through (a) `parse_event` alone, the ceiling
+  of reading; (b) parse, `Sequencer` and one `ShardEngine` in a plain loop, the engine's cost;
+  (c) the real backfill flow with its Redis and Delta sinks; and optionally the flow with two
+  workers and with two processes. Each rate is shown with its ratio to (c), so a reader sees where
+  the time goes.
+- Freshness: a `bestmatch stream` subprocess, events published at a steady rate, and for a sample
+  of them the time from the publish (right after XADD returns) to the moment their effect is
+  visible in Redis (the entity's `_us:<view>` stamp reaches the event's time).
+
+It never touches the user's stores: tables go to `<lake>/bench/lake` and values to one Redis
+database (`--redis-db`), which it refuses when it holds anything but an earlier bench's keys.
+The machine is small and shared, so cheap stages are repeated and medians reported.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
 import typer
+from rich.table import Table
+
+from bestmatch.console import console, friendly, progress
+from features.errors import ConfigError, FlowError
+from features.settings import Settings
 
 bench_app = typer.Typer(
     help="Benchmarks: figures and ratios against a baseline, side by side.", no_args_is_help=True
 )
+
+GOAL_EVENTS_PER_S = 100_000
+GOAL_P50_MS = 100.0
+GOAL_P99_MS = 500.0
+EVENTS_PER_JOB_DAY = 80  # what the simulator writes, per job posted per day (measured)
+SAMPLE_EVERY = 20  # every 20th proposal_submitted is timed for freshness
+MARKER = b"bestmatch:bench"  # set in the bench's Redis database, so a rerun knows it is its own
+START_TIMEOUT_S = 180.0  # a stream's first start imports the whole stack: slow on a busy box
+DRAIN_TIMEOUT_S = 60.0
+POLL_S = 0.0005
+
+
+# --- stores -----------------------------------------------------------------------------------
+
+
+def _with_db(url: str, db: int) -> str:
+    """The same Redis server, database `db`."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"]
+    if parts.scheme == "unix":
+        return urlunsplit(parts._replace(query=urlencode([*query, ("db", str(db))])))
+    return urlunsplit(parts._replace(path=f"/{db}", query=urlencode(query)))
+
+
+def _db_of(url: str) -> int:
+    return int(redis.Redis.from_url(url).connection_pool.connection_kwargs.get("db") or 0)
+
+
+@dataclass
+class BenchStores:
+    """The bench's own lake directory and Redis database."""
+
+    settings: Settings  # pointing at the bench's stores
+    root: Path  # <lake>/bench
+    client: redis.Redis
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "lake"
+
+    def reset(self) -> None:
+        """Empty the bench's stores (and only those): a fresh lake and a flushed database."""
+        shutil.rmtree(self.lake, ignore_errors=True)
+        self.lake.mkdir(parents=True)
+        self.client.flushdb()
+        self.client.set(MARKER, b"1")
+
+    def close(self) -> None:
+        self.client.flushdb()
+        self.client.close()
+
+
+def _open_stores(settings: Settings, db: int, force: bool) -> BenchStores:
+    if not settings.lake_is_local:
+        msg = f"bestmatch bench keeps its files in a local BESTMATCH_LAKE, got {settings.lake!r}"
+        raise ConfigError(msg)
+    from bestmatch.services import ensure_redis
+
+    url = _with_db(settings.redis_url, db)
+    if _db_of(url) == _db_of(settings.redis_url) and not force:
+        msg = f"--redis-db {db} is the platform's own database (BESTMATCH_REDIS_URL); pick another"
+        raise ConfigError(msg)
+    root = Path(settings.lake_path("bench"))
+    note = ensure_redis(url, Path(settings.lake_path("redis")))
+    if note:
+        console.print(note)
+    client = redis.Redis.from_url(url)
+    if client.dbsize() and not client.exists(MARKER) and not force:
+        msg = (
+            f"Redis database {db} holds {client.dbsize():,} keys that are not the bench's: "
+            "pick another with --redis-db, or pass --force to flush it"
+        )
+        raise ConfigError(msg)
+    bench = settings.model_copy(update={"redis_url": url, "lake": str(root / "lake")})
+    return BenchStores(bench, root, client)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def cached_events(root: Path, events: int, seed: int) -> Path:
+    """Exactly `events` simulated events, written once under the bench directory."""
+    path = root / f"events-{events}-seed{seed}.jsonl"
+    if path.is_file():
+        return path
+    from bestmatch.marketplace import simulate
+
+    root.mkdir(parents=True, exist_ok=True)
+    jobs_per_day = max(1, min(1000, math.ceil(events * 1.25 / EVENTS_PER_JOB_DAY)))
+    days = max(1, math.ceil(events * 1.1 / (EVENTS_PER_JOB_DAY * jobs_per_day)))
+    draft = path.with_suffix(".draft")
+    while True:
+        with progress(f"simulating {days} days x {jobs_per_day} jobs", total=None) as advance:
+            report = simulate(days, seed, draft, jobs_per_day=jobs_per_day, progress=advance)
+        if report.events >= events:
+            break
+        days = math.ceil(days * 1.3) + 1
+    partial = path.with_suffix(".partial")
+    with open(draft, "rb") as source, open(partial, "wb") as sink:  # a prefix: still in time order
+        for _, line in zip(range(events), source, strict=False):
+            sink.write(line)
+    draft.unlink()
+    partial.rename(path)
+    return path
+
+
+def _line_batches(path: Path) -> Iterator[list[bytes]]:
+    from features.bus import open_events
+
+    with open_events(path) as handle:
+        while lines := handle.readlines(1 << 20):
+            yield lines
+
+
+# --- backfill ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One way of running the same events, timed once or more."""
+
+    name: str
+    runs: list[float]  # seconds per run
+    events: int
+    changes: int | None = None  # change-log rows produced
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def changes_per_s(self) -> float | None:
+        return None if self.changes is None else self.changes / self.seconds
+
+
+def parse_only(path: Path) -> int:
+    """(a) Read and parse every line; returns how many events were valid."""
+    from features.events import Rejection, parse_event
+
+    valid = 0
+    for lines in _line_batches(path):
+        for line in lines:
+            if type(parse_event(line)) is not Rejection:
+                valid += 1
+    return valid
+
+
+def engine_only(path: Path, lateness_us: int) -> int:
+    """(b) Parse, sequence and aggregate in one shard, no Bytewax and no sinks; returns the
+    change-log rows (the same rows the flow writes: they do not depend on shards or batches)."""
+    from features.engine import Sequencer, ShardEngine, Update, route
+    from features.events import Rejection, parse_event
+
+    sequencer, engine = Sequencer(lateness_us), ShardEngine()
+    rows = 0
+    for lines in _line_batches(path):
+        for line in lines:
+            event = parse_event(line)
+            if type(event) is Rejection or sequencer.admit(event) is not None:  # type: ignore[arg-type]
+                continue
+            clock = sequencer.clock
+            for name, entity_id in route(event):  # type: ignore[arg-type]
+                engine.apply(Update(name, entity_id, event, clock))  # type: ignore[arg-type]
+        engine.advance(sequencer.clock)  # as the flow's tick after each batch
+        rows += len(engine.drain_changes())
+    engine.finish()
+    rows += len(engine.drain_changes())
+    engine.drain_online()
+    return rows
+
+
+def changelog_rows(settings: Settings) -> int:
+    """Rows in the change-log tables, from the Delta logs' file statistics."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from features.offline_layout import changelog_uri
+    from features.specs import ENTITIES
+
+    total = 0
+    for entity in ENTITIES:
+        uri = changelog_uri(settings, entity)
+        if DeltaTable.is_deltatable(uri):
+            actions = pa.table(DeltaTable(uri).get_add_actions(flatten=True))
+            total += int(actions.column("num_records").to_numpy().sum())
+    return total
+
+
+def _timed(label: str, repeat: int, run: Callable[[], Any]) -> tuple[list[float], Any]:
+    runs, result = [], None
+    for i in range(repeat):
+        started = time.perf_counter()
+        result = run()
+        runs.append(time.perf_counter() - started)
+        console.print(f"  {label} run {i + 1}/{repeat}: {runs[-1]:.2f} s", highlight=False)
+    return runs, result
+
+
+def measure_backfill(
+    stores: BenchStores, path: Path, events: int, repeat: int, flow_repeat: int, scaling: bool
+) -> list[Stage]:
+    from flows.runner import run_backfill
+
+    lateness_us = int(stores.settings.allowed_lateness_s * 1_000_000)
+    runs, valid = _timed("(a) parse", repeat, lambda: parse_only(path))
+    if valid != events:
+        msg = f"{path}: {events - valid:,} of {events:,} events do not parse"
+        raise FlowError(msg)
+    stages = [Stage("parse", runs, events)]
+    runs, rows = _timed("(b) engine", repeat, lambda: engine_only(path, lateness_us))
+    stages.append(Stage("engine", runs, events, rows))
+    variants = [("flow", 1, 1)]
+    if scaling:
+        variants += [("flow_workers_2", 2, 1), ("flow_processes_2", 1, 2)]
+    for name, workers, processes in variants:
+        runs = []
+        for i in range(flow_repeat):
+            stores.reset()
+            started = time.perf_counter()
+            run_backfill(stores.settings, path, workers=workers, processes=processes)
+            runs.append(time.perf_counter() - started)
+            console.print(f"  ({name}) run {i + 1}/{flow_repeat}: {runs[-1]:.2f} s")
+        stages.append(Stage(name, runs, events, changelog_rows(stores.settings)))
+    return stages
+
+
+STAGE_NOTES = {
+    "parse": ("(a)", "read + parse_event"),
+    "engine": ("(b)", "+ Sequencer + 1 ShardEngine, plain loop"),
+    "flow": ("(c)", "bestmatch backfill: Bytewax + Redis + Delta"),
+    "flow_workers_2": ("(d)", "(c) with --workers 2"),
+    "flow_processes_2": ("(e)", "(c) with --processes 2"),
+}
+
+
+def backfill_figures(stages: list[Stage]) -> dict[str, Any]:
+    flow = next(s for s in stages if s.name == "flow")
+    return {
+        "events": flow.events,
+        "goal_events_per_s": GOAL_EVENTS_PER_S,
+        "meets_goal": flow.events_per_s >= GOAL_EVENTS_PER_S,
+        "stages": {
+            s.name: {
+                "events_per_s": s.events_per_s,
+                "ratio_to_flow": s.events_per_s / flow.events_per_s,
+                "seconds": s.seconds,
+                "runs_s": s.runs,
+                "changes": s.changes,
+                "changes_per_s": s.changes_per_s,
+            }
+            for s in stages
+        },
+    }
+
+
+def print_backfill(figures: dict[str, Any]) -> None:
+    table = Table(title=f"backfill: {figures['events']:,} events (medians)", title_justify="left")
+    table.add_column("")
+    table.add_column("what runs")
+    for column in ("events/s", "× (c)", "change rows/s", "runs"):
+        table.add_column(column, justify="right")
+    for name, s in figures["stages"].items():
+        label, what = STAGE_NOTES[name]
+        rows_s = s["changes_per_s"]
+        table.add_row(
+            label,
+            what,
+            f"{s['events_per_s']:,.0f}",
+            f"{s['ratio_to_flow']:.2f}",
+            "" if rows_s is None else f"{rows_s:,.0f}",
+            str(len(s["runs_s"])),
+        )
+    console.print(table)
+    flow = figures["stages"]["flow"]["events_per_s"]
+    verdict = "[green]met[/]" if figures["meets_goal"] else "[red]not met[/]"
+    console.print(
+        f"goal ≥ {GOAL_EVENTS_PER_S:,} events/s end to end: measured {flow:,.0f} "
+        f"({flow / GOAL_EVENTS_PER_S:.0%} of the goal) — {verdict}"
+    )
+
+
+# --- freshness --------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """A published event whose effect is watched for in Redis."""
+
+    index: int  # its position among the published lines
+    key: bytes
+    field: bytes
+    event_time: int
+    published: float | None = None  # perf_counter right after its XADD returned
+    seen: float | None = None  # perf_counter when its stamp was first seen in Redis
+
+    @property
+    def freshness_ms(self) -> float:
+        assert self.published is not None and self.seen is not None
+        return max(0.0, self.seen - self.published) * 1000
+
+
+def pick_samples(lines: list[bytes], first: int, project: str, every: int) -> list[Sample]:
+    """Every `every`-th proposal_submitted from line `first` on, and the last line's time.
+
+    Only an event newer than every event before it is sampled: the stamp of its freelancer can
+    reach its time only once the flow has processed it, whatever came earlier.
+    """
+    from features.engine import route
+    from features.events import ProposalSubmitted, Rejection, parse_event
+    from features.online_layout import layout, redis_key
+    from features.specs import ENTITIES
+
+    entities = {e.name: e for e in ENTITIES}
+    samples: list[Sample] = []
+    newest, proposals, wanted, last = -(2**62), 0, False, None
+    for index, line in enumerate(lines):
+        event = parse_event(line)
+        if type(event) is Rejection:
+            continue
+        is_new = event.event_time > newest  # type: ignore[union-attr]
+        newest = max(newest, event.event_time)  # type: ignore[union-attr]
+        if index < first:
+            continue
+        if type(event) is ProposalSubmitted:
+            proposals += 1
+            wanted = wanted or proposals % every == 0
+        name, entity_id = route(event)[0]  # type: ignore[arg-type]
+        entity = entities[name]
+        here = Sample(
+            index, redis_key(project, entity, entity_id), layout(entity).stamp_field, newest
+        )
+        if is_new:
+            last = here
+            if wanted and type(event) is ProposalSubmitted:
+                samples.append(here)
+                wanted = False
+    if last is not None and (not samples or samples[-1] is not last):
+        samples.append(last)  # the tail: when it is visible, the flow has caught up
+    return samples
+
+
+class Watcher(threading.Thread):
+    """Polls Redis for the published samples' stamps, in one pipeline per round."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(name="bench-watcher", daemon=True)
+        self.client = client
+        self.inbox: queue.SimpleQueue[Sample] = queue.SimpleQueue()
+        self.pending: list[Sample] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._poll()
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+
+    def _poll(self) -> None:
+        while not self.stop.is_set():
+            while not self.inbox.empty():
+                self.pending.append(self.inbox.get())
+            if not self.pending:
+                time.sleep(POLL_S)
+                continue
+            with self.client.pipeline(transaction=False) as pipe:
+                for sample in self.pending:
+                    pipe.hget(sample.key, sample.field)
+                stamps = pipe.execute()
+            now = time.perf_counter()
+            still = []
+            for sample, stamp in zip(self.pending, stamps, strict=True):
+                if stamp is not None and int(stamp) >= sample.event_time:
+                    sample.seen = now
+                else:
+                    still.append(sample)
+            self.pending = still
+            time.sleep(POLL_S)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _events_in(port: int) -> float | None:
+    """The stream's `bestmatch_flow_events_in` counter, or None if its endpoint does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("bestmatch_flow_events_in_total "):
+            return float(line.split()[1])
+    return None
+
+
+class StreamProcess:
+    """`bestmatch stream` on the bench's stores, as a subprocess; always killed by `stop`."""
+
+    def __init__(self, settings: Settings, log: Path, trigger_s: float) -> None:
+        self.port = _free_port()
+        self.log = log
+        env = {
+            **os.environ,
+            "BESTMATCH_REDIS_URL": settings.redis_url,
+            "BESTMATCH_LAKE": settings.lake,
+            "BESTMATCH_STREAM_KEY": settings.stream_key,
+        }
+        command = [sys.executable, "-m", "bestmatch.cli", "stream"]
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [*command, "--metrics-port", str(self.port), "--trigger", str(trigger_s)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C reaches the bench, which stops it itself
+            )
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            msg = f"bestmatch stream exited with {self.process.returncode}:\n{tail}"
+            raise FlowError(msg)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _wait(what: str, done: Callable[[], bool], stream: StreamProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        stream.check()
+        if time.monotonic() > deadline:
+            msg = f"{what}: not within {timeout:.0f} s (log: {stream.log})"
+            raise FlowError(msg)
+        time.sleep(0.01)
+
+
+def _percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest rank."""
+    return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
+
+
+def measure_freshness(
+    stores: BenchStores, path: Path, rate: float, duration: float, trigger_s: float
+) -> dict[str, Any]:
+    from features.bus import publish
+
+    settings = stores.settings
+    warmup = max(500, int(rate))
+    wanted = warmup + int(rate * duration)
+    lines = [line.strip() for batch in _line_batches(path) for line in batch if line.strip()]
+    lines = lines[:wanted]
+    if len(lines) <= warmup:
+        msg = f"{path} has {len(lines):,} events, too few for a warm-up of {warmup:,}"
+        raise ConfigError(msg)
+    samples = pick_samples(lines, warmup, settings.feast_project, SAMPLE_EVERY)
+    sentinel = pick_samples(lines[:warmup], 0, settings.feast_project, 10**9)[-1]
+    stores.reset()
+    stream = StreamProcess(settings, stores.root / "stream.log", trigger_s)
+    watcher = Watcher(redis.Redis.from_url(settings.redis_url))
+    try:
+        console.print(f"  warming up: {warmup:,} events, waiting for the stream to apply them")
+        publish(stores.client, settings.stream_key, lines[:warmup])
+        sentinel.published = time.perf_counter()
+        watcher.start()
+        watcher.inbox.put(sentinel)
+        _wait("the stream's warm-up", lambda: sentinel.seen is not None, stream, START_TIMEOUT_S)
+        before = _events_in(stream.port)
+        timed = lines[warmup:]
+        queued = 0
+
+        def sent_up_to(sent: int) -> None:  # called right after each pipeline of XADDs returns
+            nonlocal queued
+            now = time.perf_counter()
+            while queued < len(samples) and samples[queued].index - warmup < sent:
+                samples[queued].published = now
+                watcher.inbox.put(samples[queued])
+                queued += 1
+
+        console.print(f"  publishing {len(timed):,} events at {rate:,.0f}/s")
+        started = time.perf_counter()
+        publish(stores.client, settings.stream_key, timed, rate=rate, progress=sent_up_to)
+        published_s = time.perf_counter() - started
+        tail = samples[-1]
+        drained = time.monotonic() + DRAIN_TIMEOUT_S
+        while tail.seen is None and time.monotonic() < drained and watcher.error is None:
+            stream.check()
+            time.sleep(0.01)
+        time.sleep(0.2)  # a last round for samples still in flight
+        after = _events_in(stream.port)
+    finally:
+        watcher.stop.set()
+        stream.stop()
+    watcher.join(timeout=5)
+    if watcher.error is not None:
+        raise watcher.error
+    seen = sorted(s.freshness_ms for s in samples if s.seen is not None)
+    caught_up_s = (tail.seen - started) if tail.seen is not None else None
+    figures: dict[str, Any] = {
+        "rate": rate,
+        "duration_s": duration,
+        "trigger_s": trigger_s,
+        "warmup_events": warmup,
+        "published": len(timed),
+        "published_per_s": len(timed) / published_s,
+        "sustained_events_per_s": None if caught_up_s is None else len(timed) / caught_up_s,
+        "flow_events_in": None if before is None or after is None else after - before,
+        "sampled": len(samples),
+        "observed": len(seen),
+        "lost": len(samples) - len(seen),
+        "goal_p50_ms": GOAL_P50_MS,
+        "goal_p99_ms": GOAL_P99_MS,
+    }
+    for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100)):
+        figures[f"{name}_ms"] = _percentile(seen, p) if seen else None
+    figures["meets_goal"] = bool(
+        seen
+        and not figures["lost"]
+        and figures["p50_ms"] <= GOAL_P50_MS
+        and figures["p99_ms"] <= GOAL_P99_MS
+    )
+    return figures
+
+
+def print_freshness(f: dict[str, Any]) -> None:
+    table = Table(
+        title=f"freshness: publish → visible in Redis, {f['observed']:,} of {f['sampled']:,} "
+        f"sampled events, {f['rate']:,.0f} events/s for {f['duration_s']:g} s",
+        title_justify="left",
+    )
+    for column in ("", "measured", "goal", ""):
+        table.add_column(column, justify="left" if not column else "right")
+
+    def verdict(ok: bool) -> str:
+        return "[green]met[/]" if ok else "[red]not met[/]"
+
+    for name in ("p50", "p90", "p99", "max"):
+        value = f[f"{name}_ms"]
+        goal = f.get(f"goal_{name}_ms")
+        shown = "—" if value is None else f"{value:,.1f} ms"
+        if goal is None:
+            table.add_row(name, shown, "", "")
+        else:
+            table.add_row(
+                name, shown, f"≤ {goal:,.0f} ms", verdict(value is not None and value <= goal)
+            )
+    table.add_row("lost (never visible)", f"{f['lost']:,}", "0", verdict(f["lost"] == 0))
+    table.add_row("published/s", f"{f['published_per_s']:,.0f}", f"{f['rate']:,.0f}", "")
+    sustained = f["sustained_events_per_s"]
+    table.add_row(
+        "sustained/s (published ÷ time to the last one visible)",
+        "—" if sustained is None else f"{sustained:,.0f}",
+        "",
+        "",
+    )
+    if f["flow_events_in"] is not None:
+        table.add_row("events the stream read (metrics)", f"{f['flow_events_in']:,.0f}", "", "")
+    console.print(table)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+@bench_app.command("flow")
+@friendly
+def flow(
+    events: Annotated[int, typer.Option(min=100, help="Events for the backfill figures.")] = (
+        1_000_000
+    ),
+    rate: Annotated[float, typer.Option(min=1, help="Events/s published for freshness.")] = 2000.0,
+    duration: Annotated[float, typer.Option(min=0.5, help="Seconds of timed publishing.")] = 20.0,
+    trigger: Annotated[
+        float, typer.Option(min=0, help="The stream's change-log trigger, s (0: every batch).")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
+    redis_db: Annotated[int, typer.Option(min=0, help="The bench's own Redis database.")] = 15,
+    repeat: Annotated[int, typer.Option(min=1, help="Runs of the cheap stages (a), (b).")] = 3,
+    flow_repeat: Annotated[int, typer.Option(min=1, help="Runs of each flow stage.")] = 1,
+    scaling: Annotated[
+        bool, typer.Option(help="Also time the flow with 2 workers and with 2 processes.")
+    ] = True,
+    skip_backfill: Annotated[bool, typer.Option(help="Skip the throughput figures.")] = False,
+    skip_freshness: Annotated[bool, typer.Option(help="Skip the freshness figures.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Use the Redis database even if it holds other keys (flushes it).")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
+) -> None:
+    """Backfill throughput (with its parse and engine ceilings) and stream freshness."""
+    from bestmatch.cli import _settings
+
+    started = time.perf_counter()
+    stores = _open_stores(_settings(), redis_db, force)
+    figures: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "seed": seed,
+    }
+    try:
+        path = cached_events(stores.root, events, seed)
+        figures["events_file"] = str(path)
+        if not skip_backfill:
+            console.print(f"[bold]backfill[/] of {path.name}")
+            stages = measure_backfill(stores, path, events, repeat, flow_repeat, scaling)
+            figures["backfill"] = backfill_figures(stages)
+        if not skip_freshness:
+            console.print("[bold]freshness[/] through bestmatch stream")
+            figures["freshness"] = measure_freshness(stores, path, rate, duration, trigger)
+    finally:
+        stores.close()
+    figures["elapsed_s"] = time.perf_counter() - started
+    if "backfill" in figures:
+        print_backfill(figures["backfill"])
+    if "freshness" in figures:
+        print_freshness(figures["freshness"])
+    console.print(f"bench took {figures['elapsed_s']:.0f} s on {os.cpu_count()} CPUs")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(figures, indent=2) + "\n")
+        console.print(f"figures written to {json_out}")
