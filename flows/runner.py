@@ -98,8 +98,7 @@ def _launch(
     if processes <= 1:
         _execute(settings, mode, options, workers, None, None)
         return
-    ports = [_free_port() for _ in range(processes)]
-    addresses = [f"127.0.0.1:{port}" for port in ports]
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(processes)]
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(
@@ -120,7 +119,7 @@ def _launch(
                 child.terminate()
     failed = [c.name for c in children if c.exitcode]
     if failed:
-        msg = f"flow process(es) failed: {', '.join(failed)}"
+        msg = f"flow process(es) failed: {', '.join(failed)} (their errors are above)"
         raise FlowError(msg)
 
 
@@ -166,7 +165,13 @@ def _execute(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports (all held open while choosing, so none is picked twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
