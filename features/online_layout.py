@@ -1,7 +1,8 @@
 """The online store's layout: how an entity's values become one Redis hash that Feast can read.
 
-It is Feast's own Redis layout (`feast.infra.online_stores.redis`), written without Feast on the
-hot path. One hash per (entity key, project); the key is Feast's `serialize_entity_key` (version 3)
+It is Feast's own Redis layout (`feast.infra.online_stores.redis`), written without Feast: this
+module runs in the flow's sink and the serving process, where importing Feast (15-25 s) is too
+dear. One hash per (entity key, project); the key is Feast's `serialize_entity_key` (version 3)
 followed by the project name. In it, per feature view:
 
 - `murmur3("<view>:<feature>")` (4 bytes) -> the value as a serialized Feast `ValueProto`
@@ -10,32 +11,32 @@ followed by the project name. In it, per feature view:
 - `_us:<view>` -> the same time as decimal microseconds. Feast never reads it; `write_entities`
   compares against it so a replayed older value never overwrites a newer one.
 
-The protobuf bytes are built by hand (a few fixed wire-format shapes), because this runs once per
-entity change; the tests check them byte for byte against the protobuf classes. TIMESTAMP features
-are kept at whole seconds: Feast's `UnixTimestamp` value holds seconds.
+The protobuf bytes are built and read by hand (a few fixed wire-format shapes), because this runs
+once per entity change; the tests check keys, fields and values byte for byte against Feast's own
+functions and protobuf classes. TIMESTAMP features are kept at whole seconds: Feast's
+`UnixTimestamp` value holds seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, NamedTuple
 
+import mmh3
 import redis
-from feast.infra.key_encoding_utils import serialize_entity_key_prefix
-from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.protos.feast.types.Value_pb2 import ValueType
 
+from features.errors import StoreError
 from features.specs import Dtype, Entity, features_of, view_name
 
 ENTITY_KEY_SERIALIZATION_VERSION = 3
 SECOND_US = 1_000_000
+VALUE_TYPE_STRING = 2  # feast.types.Value.ValueType.STRING
 _NULL_TIMESTAMP = -(2**63)  # how Feast's own writers (materialize) store a null UnixTimestamp
-_STRING_VALUE_TYPE = struct.pack("<I", ValueType.STRING)
+_pack_u32 = struct.Struct("<I").pack
 
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
@@ -63,13 +64,21 @@ def _slow_varint(value: int) -> bytes:
     return bytes(out)
 
 
-# Counts and lengths are almost always small: their varints are looked up, not built.
+# Varints are looked up 14 bits at a time, not built: counts and lengths take one lookup,
+# epoch seconds and nanoseconds three.
 _SMALL = 1 << 14
 _VARINTS = tuple(_slow_varint(n) for n in range(_SMALL))
+_GROUPS = tuple(bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(_SMALL))
 
 
 def _varint(value: int) -> bytes:
-    return _VARINTS[value] if 0 <= value < _SMALL else _slow_varint(value)
+    if 0 <= value < _SMALL:
+        return _VARINTS[value]
+    if 0 <= value < 1 << 28:
+        return _GROUPS[value & 0x3FFF] + _VARINTS[value >> 14]
+    if 0 <= value < 1 << 42:
+        return _GROUPS[value & 0x3FFF] + _GROUPS[(value >> 14) & 0x3FFF] + _VARINTS[value >> 28]
+    return _slow_varint(value)
 
 
 def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
@@ -99,13 +108,13 @@ _INT64, _DOUBLE, _BOOL, _STRING, _UNIX_TS, _STRING_LIST = (
 _TRUE, _FALSE = _BOOL + b"\x01", _BOOL + b"\x00"
 _INTS = tuple(_INT64 + v for v in _VARINTS)
 _STRING_HEADS = tuple(_STRING + v for v in _VARINTS)
-_ITEM_HEADS = tuple(b"\x0a" + v for v in _VARINTS)  # StringList.val, field 1
 _pack_double = struct.Struct("<d").pack
 _unpack_double = struct.Struct("<d").unpack_from
+_unpack_float = struct.Struct("<f").unpack_from
 
 
 def _encode_int(value: Any) -> bytes:
-    return _INTS[value] if 0 <= value < _SMALL else _INT64 + _slow_varint(value)
+    return _INTS[value] if 0 <= value < _SMALL else _INT64 + _varint(value)
 
 
 def _encode_float(value: Any) -> bytes:
@@ -116,25 +125,60 @@ def _encode_bool(value: Any) -> bytes:
     return _TRUE if value else _FALSE
 
 
-def _encode_string(value: Any) -> bytes:
+class _Memo(dict[Any, bytes]):
+    """Encodings of values that repeat a lot (categories, skill lists, times of a batch).
+
+    `memo[value]` is one C-level lookup on a hit. Bounded: a full memo starts over.
+    """
+
+    __slots__ = ("_build",)
+    SIZE = 1 << 15
+
+    def __init__(self, build: Encoder) -> None:
+        super().__init__()
+        self._build = build
+
+    def __missing__(self, value: Any) -> bytes:
+        if len(self) >= self.SIZE:
+            self.clear()
+        raw = self[value] = self._build(value)
+        return raw
+
+
+def _build_string(value: Any) -> bytes:
     raw = value.encode()
     size = len(raw)
-    return (_STRING_HEADS[size] if size < _SMALL else _STRING + _slow_varint(size)) + raw
+    return (_STRING_HEADS[size] if size < _SMALL else _STRING + _varint(size)) + raw
 
 
-def _encode_strings(value: Any) -> bytes:
-    parts = []
-    for item in value:
-        raw = item.encode()
-        size = len(raw)
-        parts.append(_ITEM_HEADS[size] if size < _SMALL else b"\x0a" + _slow_varint(size))
-        parts.append(raw)
-    inner = b"".join(parts)
+def _build_list_item(item: str) -> bytes:
+    """One `StringList.val` entry (field 1): tag, length, UTF-8."""
+    raw = item.encode()
+    return b"\x0a" + _varint(len(raw)) + raw
+
+
+_list_item = _Memo(_build_list_item).__getitem__
+
+
+def _build_strings(value: Any) -> bytes:
+    inner = b"".join([_list_item(item) for item in value])
     return _STRING_LIST + _varint(len(inner)) + inner
 
 
-def _encode_timestamp(value: Any) -> bytes:
+_encode_string = _Memo(_build_string).__getitem__
+_string_list = _Memo(_build_strings).__getitem__
+
+
+def _encode_strings(value: Any) -> bytes:
+    # Tuples (what events and the engine hold) are remembered; a list is built every time.
+    return _string_list(value) if type(value) is tuple else _build_strings(value)
+
+
+def _build_timestamp(value: Any) -> bytes:
     return _UNIX_TS + _varint(value // SECOND_US)
+
+
+_encode_timestamp = _Memo(_build_timestamp).__getitem__
 
 
 def _decode_int(raw: bytes) -> int:
@@ -195,23 +239,103 @@ def decode_value(dtype: Dtype, raw: bytes | None) -> Any:
     return _decode_other(raw)
 
 
+# --- any other ValueProto (written by someone else, e.g. `feast materialize` with another type) ---
+
+
+def _wire_fields(raw: bytes) -> Iterator[tuple[int, Any]]:
+    """`(field number, value)` of a message: varints as int, everything else as bytes."""
+    pos = 0
+    while pos < len(raw):
+        key, pos = _read_varint(raw, pos)
+        number, wire = key >> 3, key & 7
+        value: Any
+        if wire == 0:
+            value, pos = _read_varint(raw, pos)
+        elif wire in (1, 2, 5):
+            size = 8 if wire == 1 else 4 if wire == 5 else None
+            if size is None:
+                size, pos = _read_varint(raw, pos)
+            value, pos = raw[pos : pos + size], pos + size
+        else:
+            msg = f"cannot read a protobuf field of wire type {wire} (field {number})"
+            raise StoreError(msg)
+        yield number, value
+
+
+def _scalar_items(kind: str, value: Any) -> list[Any]:
+    """The items one `val` field of a list holds: one item, or a packed run of them."""
+    if not isinstance(value, bytes) or kind in "bs":
+        return [_scalar(kind, value)]
+    if kind in "df":
+        width = 8 if kind == "d" else 4
+        return [_scalar(kind, value[i : i + width]) for i in range(0, len(value), width)]
+    items, pos = [], 0
+    while pos < len(value):
+        item, pos = _read_varint(value, pos)
+        items.append(_scalar(kind, item))
+    return items
+
+
+def _scalar(kind: str, value: Any) -> Any:
+    if kind == "b":
+        return bytes(value)
+    if kind == "s":
+        return bytes(value).decode()
+    if kind == "i":
+        return _signed64(value)
+    if kind == "d":
+        return float(_unpack_double(value)[0])
+    if kind == "f":
+        return float(_unpack_float(value)[0])
+    return value != 0  # "?"
+
+
+# Value's oneof `val`: field number -> item kind (b bytes, s str, i int, d double, f float,
+# ? bool). Lists and sets hold their items in field 1 of a nested message.
+_SCALAR_FIELDS = {1: "b", 2: "s", 3: "i", 4: "i", 5: "d", 6: "f", 7: "?", 32: "s", 36: "s"}
+_SCALAR_FIELDS |= {37: "s", 44: "s"}
+_LIST_FIELDS = dict(zip(range(11, 19), "bsiidf?i", strict=True))
+_LIST_FIELDS |= dict(zip(range(22, 30), "bsiidf?i", strict=True))
+_LIST_FIELDS |= dict.fromkeys((33, 38, 39, 40, 41, 45, 46), "s")
+_UNIX_TIMESTAMP_FIELD, _NULL_FIELD = 8, 19
+
+
 def _decode_other(raw: bytes) -> Any:
-    # Written by someone else (e.g. `feast materialize` with another type): let protobuf read it.
-    proto = ValueProto.FromString(raw)
-    kind = proto.WhichOneof("val")
-    if kind is None or kind == "null_val":
+    fields = list(_wire_fields(raw))
+    if not fields:
         return None
-    value = getattr(proto, kind)
-    if kind == "unix_timestamp_val":
-        return None if value == _NULL_TIMESTAMP else value * SECOND_US
-    return tuple(value.val) if hasattr(value, "val") else value
+    number, value = fields[-1]  # a oneof: the last field wins
+    if number == _NULL_FIELD:
+        return None
+    if number == _UNIX_TIMESTAMP_FIELD:
+        seconds = _signed64(value)
+        return None if seconds == _NULL_TIMESTAMP else seconds * SECOND_US
+    if number in _SCALAR_FIELDS:
+        return _scalar(_SCALAR_FIELDS[number], value)
+    if number in _LIST_FIELDS:
+        kind = _LIST_FIELDS[number]
+        return tuple(
+            item
+            for item_number, item_value in _wire_fields(value)
+            if item_number == 1
+            for item in _scalar_items(kind, item_value)
+        )
+    msg = f"cannot read a Feast value of field {number}: not a scalar or a list of scalars"
+    raise StoreError(msg)
+
+
+def _build_event_time(stamp_us: int) -> bytes:
+    seconds, micros = divmod(stamp_us, SECOND_US)
+    out = b"\x08" + _varint(seconds) if seconds else b""
+    return out + b"\x10" + _varint(micros * 1000) if micros else out
+
+
+_event_time = _Memo(_build_event_time).__getitem__  # the updates of a batch share few stamps
 
 
 def encode_event_time(stamp_us: int) -> bytes:
     """The `_ts:<view>` value: a serialized `google.protobuf.Timestamp`."""
-    seconds, micros = divmod(stamp_us, SECOND_US)
-    out = b"\x08" + _varint(seconds) if seconds else b""
-    return out + b"\x10" + _varint(micros * 1000) if micros else out
+    return _event_time(stamp_us)
 
 
 # --- keys and fields --------------------------------------------------------------------------
@@ -236,18 +360,20 @@ class EntityLayout:
         return (*self.fields, self.ts_field)
 
 
+def entity_key_prefix(join_key: str) -> bytes:
+    """Feast's `serialize_entity_key_prefix([join_key])`, version 3: count, then typed key."""
+    encoded = join_key.encode()
+    return _pack_u32(1) + _pack_u32(VALUE_TYPE_STRING) + _pack_u32(len(encoded)) + encoded
+
+
 @cache
-def layout(entity: Entity) -> EntityLayout:
-    """The precomputed layout of an entity kind."""
+def _build_layout(entity: Entity) -> EntityLayout:
     view = view_name(entity)
     specs = features_of(entity)
     return EntityLayout(
         entity=entity,
         view=view,
-        key_prefix=serialize_entity_key_prefix(
-            [entity.join_key], entity_key_serialization_version=ENTITY_KEY_SERIALIZATION_VERSION
-        )
-        + _STRING_VALUE_TYPE,
+        key_prefix=entity_key_prefix(entity.join_key) + _pack_u32(VALUE_TYPE_STRING),
         fields=tuple(feature_field(view, spec.name) for spec in specs),
         ts_field=f"_ts:{view}".encode(),
         stamp_field=f"_us:{view}".encode(),
@@ -256,30 +382,44 @@ def layout(entity: Entity) -> EntityLayout:
     )
 
 
+_LAYOUTS: dict[str, EntityLayout] = {}
+
+
+def layout(entity: Entity) -> EntityLayout:
+    """The precomputed layout of an entity kind."""
+    # Found by name (a str hashes once), not by the dataclass (which hashes all its fields).
+    found = _LAYOUTS.get(entity.name)
+    if found is None or found.entity is not entity:
+        found = _LAYOUTS[entity.name] = _build_layout(entity)
+    return found
+
+
 @cache
 def feature_field(view: str, feature: str) -> bytes:
-    """The hash field of a feature: Feast's murmur3 of `<view>:<feature>`."""
-    return bytes(_mmh3(f"{view}:{feature}"))
+    """The hash field of a feature: Feast's `_mmh3` of `<view>:<feature>` (murmur3, LE)."""
+    return _pack_u32(mmh3.hash(f"{view}:{feature}", signed=False))
 
 
 def redis_key(project: str, entity: Entity, entity_id: str) -> bytes:
     """The hash key of an entity, exactly as Feast's RedisOnlineStore builds it."""
     encoded = entity_id.encode()
-    return layout(entity).key_prefix + struct.pack("<I", len(encoded)) + encoded + project.encode()
+    return layout(entity).key_prefix + _pack_u32(len(encoded)) + encoded + project.encode()
 
 
 # --- whole entities ---------------------------------------------------------------------------
 
 
 def _feature_items(lay: EntityLayout, values: Sequence[Any]) -> list[bytes]:
+    """`[field, value, field, value, ...]` of an entity's features: the HSET arguments."""
     if len(values) != len(lay.fields):
         msg = f"{lay.view}: expected {len(lay.fields)} values, got {len(values)}"
         raise ValueError(msg)
-    items: list[bytes] = []
-    append = items.append
-    for field, encoder, value in zip(lay.fields, lay.encoders, values):  # noqa: B905 (checked)
-        append(field)
-        append(b"" if value is None else encoder(value))
+    items = [*lay.fields, *lay.fields]
+    items[::2] = lay.fields
+    items[1::2] = [
+        b"" if value is None else encode(value)
+        for encode, value in zip(lay.encoders, values)  # noqa: B905 (length checked)
+    ]
     return items
 
 
@@ -290,7 +430,7 @@ def encode_entity(
     lay = layout(entity)
     items = _feature_items(lay, values)
     mapping = dict(zip(items[::2], items[1::2], strict=True))
-    mapping[lay.ts_field] = encode_event_time(stamp_us)
+    mapping[lay.ts_field] = _event_time(stamp_us)
     mapping[lay.stamp_field] = str(stamp_us).encode()
     return redis_key(project, entity, entity_id), mapping
 
@@ -306,49 +446,70 @@ def decode_entity(entity: Entity, mapping: Mapping[bytes, bytes]) -> tuple[Any, 
     )
 
 
-# Writes only when the stored stamp is absent or <= the new one: replays never go back in time.
+# Per key, writes only when the stored stamp is absent or <= the new one: replays never go back
+# in time. ARGV holds, per key in turn: the stamp field, the stamp, n, then n HSET arguments.
 _GUARDED_HSET = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and tonumber(current) > tonumber(ARGV[2]) then
-  return 0
+local applied, a = 0, 1
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[a + 2])
+  local current = redis.call('HGET', key, ARGV[a])
+  if not current or tonumber(current) <= tonumber(ARGV[a + 1]) then
+    redis.call('HSET', key, ARGV[a], ARGV[a + 1], unpack(ARGV, a + 3, a + 2 + n))
+    applied = applied + 1
+  end
+  a = a + 3 + n
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 3))
-return 1
+return applied
 """
 _GUARDED_HSET_SHA = hashlib.sha1(_GUARDED_HSET.encode()).hexdigest()  # noqa: S324 (Redis's name)
+# Entities per script call: one call per entity costs Redis twice the time (measured), and a
+# bounded call never blocks the server for long.
+_ENTITIES_PER_CALL = 64
 
 
 def write_entities(client: redis.Redis, project: str, updates: Iterable[EntityUpdate]) -> int:
     """Write many entity updates in one pipeline round trip; returns how many were applied.
 
     An update older than what the hash already holds for its view is skipped, inside Redis, so
-    concurrent writers and replays after a crash cannot move a value back in time.
+    concurrent writers and replays after a crash cannot move a value back in time. Updates are
+    applied in order, so of two for one entity at the same stamp the later one wins.
     """
-    commands = []
-    for entity, entity_id, values, stamp_us in updates:
-        lay = layout(entity)
-        args = _feature_items(lay, values)
-        args.append(lay.ts_field)
-        args.append(encode_event_time(stamp_us))
-        commands.append((redis_key(project, entity, entity_id), lay.stamp_field, stamp_us, args))
-    if not commands:
+    calls = _guarded_calls(project, updates)
+    if not calls:
         return 0
-    results = _run_guarded(client, commands)
+    results = _run_guarded(client, calls)
     if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
         client.script_load(_GUARDED_HSET)  # a fresh or flushed server; the writes are idempotent
-        results = _run_guarded(client, commands)
+        results = _run_guarded(client, calls)
     for result in results:
         if isinstance(result, Exception):
             raise result
     return sum(results)
 
 
-def _run_guarded(
-    client: redis.Redis, commands: list[tuple[bytes, bytes, int, list[bytes]]]
-) -> list:
+def _guarded_calls(project: str, updates: Iterable[EntityUpdate]) -> list[list[Any]]:
+    """The arguments of each script call: the number of keys, the keys, then ARGV."""
+    calls = []
+    keys: list[bytes] = []
+    args: list[Any] = []
+    for entity, entity_id, values, stamp_us in updates:
+        lay = layout(entity)
+        items = _feature_items(lay, values)
+        keys.append(redis_key(project, entity, entity_id))
+        args += (lay.stamp_field, stamp_us, len(items) + 2, *items, lay.ts_field)
+        args.append(_event_time(stamp_us))
+        if len(keys) == _ENTITIES_PER_CALL:
+            calls.append([len(keys), *keys, *args])
+            keys, args = [], []
+    if keys:
+        calls.append([len(keys), *keys, *args])
+    return calls
+
+
+def _run_guarded(client: redis.Redis, calls: list[list[Any]]) -> list[Any]:
     with client.pipeline(transaction=False) as pipe:
-        for key, stamp_field, stamp_us, args in commands:
-            pipe.evalsha(_GUARDED_HSET_SHA, 1, key, stamp_field, stamp_us, *args)
+        for call in calls:
+            pipe.evalsha(_GUARDED_HSET_SHA, *call)
         return pipe.execute(raise_on_error=False)
 
 

@@ -4,28 +4,36 @@ from __future__ import annotations
 
 import random
 import struct
+import subprocess
+import sys
 import time
 from typing import Any
 
 import pytest
 import redis
 from feast import FeatureStore
+from feast.infra.key_encoding_utils import serialize_entity_key_prefix
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.protos.feast.types import Value_pb2
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import StringList
+from feast.protos.feast.types.Value_pb2 import StringList, ValueType
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
+from features import online_layout
+from features.errors import StoreError
 from features.feast_repo import feature_refs
 from features.online_layout import (
+    VALUE_TYPE_STRING,
     EntityUpdate,
     decode_entity,
     decode_value,
     encode_entity,
     encode_event_time,
     encode_value,
+    entity_key_prefix,
     feature_field,
     layout,
     read_entities,
@@ -85,6 +93,114 @@ def test_values_written_by_others_still_decode() -> None:
     assert decode_value(Dtype.TIMESTAMP, feast_null) is None
 
 
+INT32 = st.integers(-(2**31), 2**31 - 1)
+ITEMS = {
+    "bytes": st.binary(max_size=8),
+    "string": TEXT,
+    "int32": INT32,
+    "int64": INT64,
+    "double": st.floats(allow_nan=False),
+    "float": st.floats(width=32, allow_nan=False),
+    "bool": st.booleans(),
+    "unix_timestamp": INT64,
+}
+# Every ValueProto kind `decode_value` reads without Feast: scalars, lists and sets of scalars.
+OTHER_KINDS = {
+    **{f"{kind}_val": items for kind, items in ITEMS.items()},
+    **{f"{kind}_list_val": st.lists(items, max_size=5) for kind, items in ITEMS.items()},
+    **{f"{kind}_set_val": st.lists(items, max_size=5) for kind, items in ITEMS.items()},
+    **{f"{kind}_val": TEXT for kind in ("json", "uuid", "time_uuid", "decimal")},
+    **{
+        f"{kind}_{shape}_val": st.lists(TEXT, max_size=5)
+        for kind in ("json", "uuid", "time_uuid", "decimal")
+        for shape in ("list", "set")
+        if f"{kind}_{shape}_val" in ValueProto.DESCRIPTOR.fields_by_name
+    },
+}
+
+
+def other_proto(kind: str, value: Any) -> ValueProto:
+    field = ValueProto.DESCRIPTOR.fields_by_name[kind]
+    if field.message_type is None:
+        return ValueProto(**{kind: value})
+    message = getattr(Value_pb2, field.message_type.name)
+    return ValueProto(**{kind: message(val=value)})
+
+
+@given(kind=st.sampled_from(sorted(OTHER_KINDS)), data=st.data())
+def test_any_scalar_or_list_value_proto_decodes_as_protobuf_reads_it(
+    kind: str, data: st.DataObject
+) -> None:
+    proto = other_proto(kind, data.draw(OTHER_KINDS[kind]))
+    value = getattr(proto, kind)
+    if kind == "unix_timestamp_val":
+        expected = None if value == -(2**63) else value * 1_000_000
+    else:
+        expected = tuple(value.val) if hasattr(value, "val") else value
+    assert online_layout._decode_other(proto.SerializeToString()) == expected
+
+
+def test_values_of_another_kind_decode_through_decode_value() -> None:
+    raw = ValueProto(int32_list_val=Value_pb2.Int32List(val=[-1, 2])).SerializeToString()
+    assert decode_value(Dtype.STRINGS, raw) == (-1, 2)
+    assert decode_value(Dtype.INT, ValueProto(double_val=1.5).SerializeToString()) == 1.5
+    with pytest.raises(StoreError, match="field 20"):
+        decode_value(Dtype.INT, ValueProto(map_val=Value_pb2.Map()).SerializeToString())
+
+
+@pytest.mark.parametrize("edge", [14, 28, 42, 63])
+def test_varints_at_every_lookup_boundary(edge: int) -> None:
+    for value in (2**edge - 1, 2**edge, 2**edge + 1, -(2**edge), 1 - 2**edge):
+        if not -(2**63) <= value < 2**63:
+            continue
+        assert encode_value(Dtype.INT, value) == proto_of(Dtype.INT, value).SerializeToString()
+        assert decode_value(Dtype.INT, encode_value(Dtype.INT, value)) == value
+        stamp = value * 1_000_000 + 999_999  # no range check: Timestamp's own is years 1-9999
+        ts = Timestamp(seconds=value, nanos=999_999_000)
+        assert encode_event_time(stamp) == ts.SerializeToString()
+
+
+def test_repeated_values_are_remembered_and_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(online_layout._Memo, "SIZE", 4)
+    rng = random.Random(4)
+    for _ in range(200):
+        skills = tuple(rng.choice(["python", "sql", "ü", ""]) for _ in range(rng.randint(0, 5)))
+        expected = proto_of(Dtype.STRINGS, skills).SerializeToString()
+        assert encode_value(Dtype.STRINGS, skills) == expected
+        assert encode_value(Dtype.STRINGS, list(skills)) == expected  # lists: never remembered
+        text = rng.choice(["fixed", "hourly", "日本"]) + str(rng.randint(0, 9))
+        assert encode_value(Dtype.STRING, text) == proto_of(Dtype.STRING, text).SerializeToString()
+        stamp = rng.randint(0, 10) * 1_000_000 + rng.randint(0, 2)
+        raw = encode_value(Dtype.TIMESTAMP, stamp)
+        assert raw == proto_of(Dtype.TIMESTAMP, stamp).SerializeToString()
+        ts = Timestamp()
+        ts.FromMicroseconds(stamp)
+        assert encode_event_time(stamp) == ts.SerializeToString()
+    assert all(len(memo.__self__) <= 4 for memo in memos())
+
+
+def memos() -> list[Any]:
+    return [
+        online_layout._encode_string,
+        online_layout._string_list,
+        online_layout._list_item,
+        online_layout._encode_timestamp,
+        online_layout._event_time,
+    ]
+
+
+def test_the_layout_imports_no_feast() -> None:
+    # Importing Feast costs 15-25 s: the flow's sink and the service must not pay it.
+    code = (
+        "import sys, features.online_layout, features.offline_layout, features.settings; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'feast'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"
+
+
 @given(STAMP_US)
 def test_event_time_is_a_protobuf_timestamp(stamp_us: int) -> None:
     ts = Timestamp()
@@ -102,6 +218,11 @@ def test_keys_are_feasts_redis_keys(entity: Entity, entity_id: str, project: str
         join_keys=[entity.join_key], entity_values=[ValueProto(string_val=entity_id)]
     )
     assert redis_key(project, entity, entity_id) == _redis_key(project, proto, 3)
+    assert entity_key_prefix(entity.join_key) == serialize_entity_key_prefix([entity.join_key], 3)
+
+
+def test_the_value_type_of_string_keys_is_feasts() -> None:
+    assert VALUE_TYPE_STRING == ValueType.STRING
 
 
 def test_fields_are_feasts_murmur_hashes() -> None:
@@ -162,6 +283,37 @@ def test_write_entities_never_goes_back_in_time(redis_url: str) -> None:
     assert read_entities(client, PROJECT, [(JOB, "j-2"), (JOB, "nobody")]) == [new, None]
     # Views of different entities never collide, and an empty batch is no round trip at all.
     assert write_entities(client, PROJECT, []) == 0
+
+
+def test_write_entities_in_many_script_calls_keeps_order_and_guards(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    rng = random.Random(8)
+    per_call = online_layout._ENTITIES_PER_CALL
+    n = 2 * per_call + 5  # three script calls in one pipeline
+    entities = [rng.choice(ENTITIES) for _ in range(n)]
+    first = [
+        EntityUpdate(e, f"x-{i % 50}", random_values(rng, e), 1000 + i)
+        for i, e in enumerate(entities)
+    ]
+    assert write_entities(client, PROJECT, first) == n
+    # Replays of all of them (older, same, newer stamps, across call boundaries): only the
+    # same-or-newer ones apply, and the last update of an entity is what stays.
+    shifts = [rng.choice([-1, 0, 1]) for _ in range(n)]
+    second = [
+        EntityUpdate(u.entity, u.entity_id, random_values(rng, u.entity), u.stamp_us + d)
+        for u, d in zip(first, shifts, strict=True)
+    ]
+    applied = write_entities(client, PROJECT, second)
+    latest: dict[tuple[str, str], EntityUpdate] = {}
+    expected_applied = 0
+    for u in [*first, *second]:
+        key = (u.entity.name, u.entity_id)
+        if key not in latest or latest[key].stamp_us <= u.stamp_us:
+            latest[key] = u
+            expected_applied += 1
+    assert applied == expected_applied - n
+    requests = [(u.entity, u.entity_id) for u in latest.values()]
+    assert read_entities(client, PROJECT, requests) == [tuple(u.values) for u in latest.values()]
 
 
 def test_write_entities_reloads_its_script_after_a_flush(redis_url: str) -> None:
