@@ -41,7 +41,9 @@ from features.specs import ENTITIES
 How = Literal["cli", "fork"]
 T = TypeVar("T")
 
-_PRELOAD = ["bestmatch.cli", "flows.runner", "tests.streaming"]
+# pandas and pyarrow.dataset: Delta's writer imports them on its first commit, which would
+# otherwise add seconds to every restart's first commit
+_PRELOAD = ["bestmatch.cli", "flows.runner", "pandas", "pyarrow.dataset", "tests.streaming"]
 _EVENTS_IN = re.compile(rb"^bestmatch_flow_events_in_total (\S+)$", re.MULTILINE)
 
 
@@ -182,22 +184,6 @@ def converge(read: Callable[[], T], expected: T, timeout: float, every: float = 
         time.sleep(every)
 
 
-def settle(read: Callable[[], T], timeout: float, quiet: float = 1.5, every: float = 0.25) -> T:
-    """Read until the value has not changed for `quiet` seconds; returns it."""
-    deadline = time.monotonic() + timeout
-    last = read()
-    since = time.monotonic()
-    while time.monotonic() - since < quiet:
-        if time.monotonic() > deadline:
-            msg = f"still changing after {timeout:.0f} s"
-            raise AssertionError(msg)
-        time.sleep(every)
-        now = read()
-        if now != last:
-            last, since = now, time.monotonic()
-    return last
-
-
 # --- the event bus ----------------------------------------------------------------------------
 
 
@@ -271,13 +257,6 @@ def online_values(
     finally:
         client.close()
     return {(e.name, i): v for (e, i), v in zip(entities, got, strict=True)}
-
-
-def changelog_versions(settings: Settings) -> tuple[int, ...]:
-    """The Delta version of every change-log table and the dead-letter table (-1: none yet)."""
-    uris = [offline_layout.changelog_uri(settings, e) for e in ENTITIES]
-    uris.append(dead_letter_uri(settings))
-    return tuple(DeltaTable(u).version() if DeltaTable.is_deltatable(u) else -1 for u in uris)
 
 
 def dead_letters(settings: Settings) -> list[tuple[str, int, str, str]]:

@@ -27,14 +27,12 @@ from tests.streaming import (
     Publisher,
     StreamProcess,
     changelog_rows,
-    changelog_versions,
     converge,
     dead_letters,
     mirror_stream,
     online_dump,
     online_values,
     publish,
-    settle,
 )
 from tests.test_flow import random_events
 
@@ -164,9 +162,10 @@ def test_stream_equals_backfill(
     run_backfill(backfilled, write_lines(tmp_path / "events.jsonl", lines))
     want_online = online_dump(backfilled)
     want_rows = changelog_rows(backfilled)
-    want_letters = dead_letters(backfilled)
+    want_reasons = reasons(dead_letters(backfilled))
     entities = oracle.entity_ids(events)
     assert any(row[2] == final for row in want_rows)  # so the pending rows matter
+    assert len(want_reasons) > 10
 
     sent = publish(settings, lines)
     stream = new_stream(streams, settings, tmp_path, workers=workers, how=how)
@@ -175,33 +174,31 @@ def test_stream_equals_backfill(
     assert converge(lambda: online_dump(settings), want_online, CATCH_UP_TIMEOUT) == want_online
     assert online_values(settings, entities) == online_values(backfilled, entities)
     # everything before the clock is final; the rows at the clock wait for a later event
-    assert converge(lambda: changelog_rows(settings), before(want_rows, final), 20) == before(
-        want_rows, final
-    )
-    assert reasons(converge(lambda: dead_letters(settings), want_letters, 20)) == reasons(
-        want_letters
-    )
+    want_final = before(want_rows, final)
+    assert converge(lambda: changelog_rows(settings), want_final, 20) == want_final
+    assert converge(lambda: reasons(dead_letters(settings)), want_reasons, 20) == want_reasons
 
     publish(settings, [tick(final + SECOND)])
-    got = converge(lambda: until(changelog_rows(settings), final), want_rows, 20)
-    assert got == want_rows
+    assert converge(lambda: until(changelog_rows(settings), final), want_rows, 20) == want_rows
     assert_no_repeated_stamps(changelog_rows(settings))
 
 
 # --- 2: exactly once through SIGKILLs ---------------------------------------------------------
 
 
+@pytest.mark.parametrize(("workers", "seed"), [(1, 5), (2, 6)])
 def test_sigkill_loses_nothing_and_counts_nothing_twice(
-    tmp_path: Path, settings: Settings, streams: Streams
+    tmp_path: Path, settings: Settings, streams: Streams, workers: int, seed: int
 ) -> None:
-    rng = random.Random(5)
-    events = random_events(seed=5, n=3000)
-    lines = dirty_lines(events, seed=5)
-    lines.append(tick(events[-1].event_time + 40 * DAY))  # every window empties before it
+    rng = random.Random(seed)
+    events = random_events(seed=seed, n=2000)
+    lines = dirty_lines(events, seed=seed)
+    far = events[-1].event_time + 40 * DAY  # every window has emptied by then
+    lines.append(tick(far))
 
     publisher = Publisher(settings, lines, rate=len(lines) / 8)
     publisher.start()
-    crashed = new_stream(streams, settings, tmp_path)
+    crashed = new_stream(streams, settings, tmp_path, workers=workers)
     for _ in range(3):
         # let it read something, then kill it at a random moment: mid-batch, mid-epoch or
         # mid-commit, wherever that lands
@@ -211,41 +208,64 @@ def test_sigkill_loses_nothing_and_counts_nothing_twice(
         crashed.start()
     publisher.finish(60)
 
+    # the run never killed: the same bus entries (ids too) in another database and lake
     calm = other_stores(settings, tmp_path, "calm", db=1)
     assert mirror_stream(settings, calm) == len(lines)
-    reference = new_stream(streams, calm, tmp_path)
-    reference.wait_read(len(lines), START_TIMEOUT)
-    want = settle(lambda: (online_dump(calm), changelog_versions(calm)), CATCH_UP_TIMEOUT)[0]
-    want_rows = changelog_rows(calm)
-    want_letters = dead_letters(calm)
-    assert want_letters, "the events must exercise the dead-letter table"
+    new_stream(streams, calm, tmp_path, workers=workers)
+    # it is done when it holds what a backfill of the same events holds (but the rows at `far`)
+    backfilled = other_stores(settings, tmp_path, "backfill", db=2)
+    run_backfill(backfilled, write_lines(tmp_path / "events.jsonl", lines))
+    want_online = online_dump(backfilled)
+    want_rows = before(changelog_rows(backfilled), far)
+    want_reasons = reasons(dead_letters(backfilled))
+    assert len(want_reasons) > 20, "the events must exercise the dead-letter table"
+    assert converge(lambda: online_dump(calm), want_online, CATCH_UP_TIMEOUT) == want_online
+    assert converge(lambda: changelog_rows(calm), want_rows, 20) == want_rows
+    assert converge(lambda: reasons(dead_letters(calm)), want_reasons, 20) == want_reasons
+    calm_letters = dead_letters(calm)
 
-    assert converge(lambda: online_dump(settings), want, CATCH_UP_TIMEOUT) == want
+    # the crashed run holds exactly the same: no row lost, none twice, letters at the same ids
+    assert converge(lambda: online_dump(settings), want_online, CATCH_UP_TIMEOUT) == want_online
     assert converge(lambda: changelog_rows(settings), want_rows, 20) == want_rows
-    assert converge(lambda: dead_letters(settings), want_letters, 20) == want_letters
+    assert converge(lambda: dead_letters(settings), calm_letters, 20) == calm_letters
     assert_no_repeated_stamps(want_rows)
-    # and it stays so: nothing replayed arrives late
-    time.sleep(1.0)
+    time.sleep(1.0)  # and it stays so: nothing replayed arrives late
     assert changelog_rows(settings) == want_rows
-    assert dead_letters(settings) == want_letters
-    assert online_dump(settings) == want
+    assert dead_letters(settings) == calm_letters
+    assert online_dump(settings) == want_online
     assert crashed.starts == 4
 
 
 # --- 3: a stream continues where a backfill stopped -------------------------------------------
 
+BACKFILL_ENDS_INSIDE_AN_INSTANT = pytest.mark.xfail(
+    strict=True,
+    reason="the backfill's end finalises the rows at its clock; the stream's change at that same "
+    "stamp is then dropped by the change-log sink as already committed",
+)
 
-@pytest.mark.parametrize("split", ["between_instants", "inside_an_instant"])
+
+@pytest.mark.parametrize(
+    "split",
+    ["between_instants", pytest.param("inside_an_instant", marks=BACKFILL_ENDS_INSIDE_AN_INSTANT)],
+)
 def test_stream_continues_a_backfill(
     tmp_path: Path, settings: Settings, streams: Streams, split: str
 ) -> None:
     events = random_events(seed=31, n=600)
     lines = [line_of(e) for e in events]
-    same = [
-        i for i in range(100, 500) if events[i - 1].event_time == events[i].event_time
-    ]  # events[:i] ends inside an instant that events[i:] continues
-    other = [i for i in range(100, 500) if events[i - 1].event_time < events[i].event_time]
-    cut = (same if split == "inside_an_instant" else other)[0]
+    if split == "inside_an_instant":
+        # the backfill's last event and the stream's first: one freelancer's proposals at one
+        # instant, so the whole file has one row for it there, with both counted
+        cut = next(
+            i
+            for i in range(100, 500)
+            if events[i - 1].event_time == events[i].event_time
+            and events[i - 1].event_type == events[i].event_type == "proposal_submitted"
+            and events[i - 1].freelancer_id == events[i].freelancer_id  # type: ignore[union-attr]
+        )
+    else:
+        cut = next(i for i in range(300, 500) if events[i - 1].event_time < events[i].event_time)
     final = events[-1].event_time
 
     whole = other_stores(settings, tmp_path, "whole", db=1)
@@ -259,8 +279,7 @@ def test_stream_continues_a_backfill(
     stream.wait_read(sent, START_TIMEOUT)
 
     assert converge(lambda: online_dump(settings), want_online, CATCH_UP_TIMEOUT) == want_online
-    assert converge(lambda: changelog_rows(settings), before(want_rows, final), 20) == before(
-        want_rows, final
-    )
+    want_final = before(want_rows, final)
+    assert converge(lambda: changelog_rows(settings), want_final, 20) == want_final
     publish(settings, [tick(final + SECOND)])
     assert converge(lambda: until(changelog_rows(settings), final), want_rows, 20) == want_rows
