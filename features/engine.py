@@ -267,10 +267,17 @@ class ShardEngine:
         self.clock = t
 
     def finish(self, until: int | None = None) -> None:
-        """End of input: move the clock to `until` (if later) and finalise every row."""
+        """End of input: move the clock to `until` (if later) and finalise every row.
+
+        The rows at the final clock are then written, so the instant is closed: should the
+        state go on (a stream continuing a backfill), a later event at that same instant is
+        stamped one microsecond after it, never rewriting the row already written.
+        """
         if until is not None:
             self.advance(until)
         self._finalise_pending()
+        if self.clock != NEVER:
+            self.advance(self.clock + 1)
 
     def drain_changes(self) -> list[Change]:
         """Final change-log rows since the last drain, in stamp order."""

@@ -149,3 +149,25 @@ def test_online_values_after_every_batch_equal_oracle(events: list[Event], batch
         for change in engine.drain_online():
             entity = next(e for e, _ in oracle.entity_ids(so_far) if e.name == change.entity)
             assert change.values == oracle.vector(entity, so_far, change.entity_id, engine.clock)
+
+
+def test_an_instant_closed_by_finish_is_never_rewritten() -> None:
+    """A backfill ends at its clock; a stream that continues its state with an event at that
+    same instant stamps the change just after it, so the finished row stays as written."""
+    at_end = "2026-03-02T10:05:00Z"
+    engine = ShardEngine()
+    sequencer = Sequencer(LATENESS)
+    first, second = proposal(1, at_end), proposal(2, at_end)
+    for event in (first,):
+        assert sequencer.admit(event) is None
+        engine.process([Update(n, i, event, sequencer.clock) for n, i in route(event)])
+    engine.finish(None)
+    written = engine.drain_changes()
+    assert {c.stamp for c in written} == {at(at_end)}
+    assert sequencer.admit(second) is None
+    engine.process([Update(n, i, second, sequencer.clock) for n, i in route(second)])
+    engine.finish(None)
+    later = engine.drain_changes()
+    assert {c.stamp for c in later} == {at(at_end) + 1}
+    index = features_of(FREELANCER).index(FEATURES_BY_NAME["fl_proposals_1h"])
+    assert [c.values[index] for c in later if c.entity == "freelancer"] == [2]
