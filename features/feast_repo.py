@@ -74,20 +74,31 @@ def feature_refs() -> list[str]:
     return [f"{view_name(e)}:{spec.name}" for e in ENTITIES for spec in features_of(e)]
 
 
-FEAST_ENTITIES: tuple[FeastEntity, ...] = tuple(feast_entity(e) for e in ENTITIES)
-FEATURE_VIEWS: tuple[FeatureView, ...] = tuple(
-    feature_view(e, fe) for e, fe in zip(ENTITIES, FEAST_ENTITIES, strict=True)
-)
-FEATURE_SERVICE = FeatureService(
-    name=SERVICE_NAME,
-    features=list(FEATURE_VIEWS),
-    description="Every feature the ranker reads.",
-)
+def feature_service(views: list[FeatureView]) -> FeatureService:
+    return FeatureService(
+        name=SERVICE_NAME,
+        features=list(views),
+        description="Every feature the ranker reads.",
+    )
+
+
+FeastObject = FeastEntity | FeatureView | FeatureService
+
+
+def feast_objects() -> list[FeastObject]:
+    """Fresh Feast objects: the entities, the views, then the service.
+
+    Fresh, because `FeatureStore.apply` fills in inferred parts of the objects it is given.
+    """
+    entities = [feast_entity(e) for e in ENTITIES]
+    views = [feature_view(e, fe) for e, fe in zip(ENTITIES, entities, strict=True)]
+    return [*entities, *views, feature_service(views)]
+
+
+_OBJECTS = feast_objects()
+FEAST_ENTITIES: tuple[FeastEntity, ...] = tuple(o for o in _OBJECTS if isinstance(o, FeastEntity))
+FEATURE_VIEWS: tuple[FeatureView, ...] = tuple(o for o in _OBJECTS if isinstance(o, FeatureView))
+(FEATURE_SERVICE,) = (o for o in _OBJECTS if isinstance(o, FeatureService))
 
 # `feast apply` finds objects by module attribute, never inside containers: name each one.
-_OBJECTS: tuple[FeastEntity | FeatureView | FeatureService, ...] = (
-    *FEAST_ENTITIES,
-    *FEATURE_VIEWS,
-    FEATURE_SERVICE,
-)
 globals().update({obj.name: obj for obj in _OBJECTS})

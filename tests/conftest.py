@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -84,3 +85,38 @@ def redis_url(redis_server: RedisServer) -> str:
 def settings(tmp_path: Path, redis_url: str) -> Settings:
     """Settings pointing at a fresh lake in tmp_path and the test Redis."""
     return Settings(redis_url=redis_url, lake=str(tmp_path / "lake"), _env_file=None)
+
+
+# --- Feast ----------------------------------------------------------------------------------
+
+FEAST_REPO = Path(__file__).resolve().parents[1] / "features"
+
+
+def copy_feast_repo(target: Path) -> Path:
+    """The repo's `feature_store.yaml` in `target`, so its registry (`data/`) lands there."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("feature_store.yaml", ".feastignore"):
+        shutil.copy(FEAST_REPO / name, target / name)
+    return target
+
+
+@pytest.fixture
+def feast_store(tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`feast apply` against the test Redis and a tmp lake; yields `FeatureStore(repo_path=...)`.
+
+    The objects are discovered in the real features/ folder exactly as the `feast` CLI does; the
+    yaml is a copy in tmp_path, so the registry lands there. Feast is imported here only (slow).
+    """
+    from feast import FeatureStore
+    from feast.repo_operations import apply_total_with_repo_instance, parse_repo
+
+    monkeypatch.setenv("BESTMATCH_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("BESTMATCH_LAKE", settings.lake)
+    repo = copy_feast_repo(tmp_path / "repo")
+    monkeypatch.chdir(FEAST_REPO.parent)  # Feast names repo modules relative to the working dir
+    contents = parse_repo(FEAST_REPO)
+    store = FeatureStore(repo_path=str(repo))
+    apply_total_with_repo_instance(
+        store, settings.feast_project, store.registry, contents, skip_source_validation=False
+    )
+    return FeatureStore(repo_path=str(repo))

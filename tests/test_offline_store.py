@@ -28,7 +28,6 @@ from features.offline_layout import (
 from features.online_layout import read_entities
 from features.settings import Settings
 from features.specs import ENTITIES, JOB, Dtype, Entity, features_of, view_name
-from tests.test_feast_repo import feast_store  # noqa: F401  (fixture)
 from tests.test_online_layout import random_values
 
 BASE_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
@@ -130,7 +129,7 @@ def check_history(store: FeatureStore, logs: dict[Entity, list[Row]], rng: rando
 
 
 def test_historical_values_are_the_values_at_t_through_maintenance(
-    feast_store: FeatureStore,  # noqa: F811
+    feast_store: FeatureStore,
     settings: Settings,
 ) -> None:
     rng = random.Random(42)
@@ -163,7 +162,7 @@ def test_historical_values_are_the_values_at_t_through_maintenance(
     check_history(feast_store, logs, rng)
 
 
-def test_missing_tables_read_as_nulls(feast_store: FeatureStore, settings: Settings) -> None:  # noqa: F811
+def test_missing_tables_read_as_nulls(feast_store: FeatureStore, settings: Settings) -> None:
     entity_df = pd.DataFrame(
         {
             "job_id": ["j-1"],
@@ -218,7 +217,7 @@ def test_changelog_table_follows_the_schema() -> None:
 
 
 def test_materialize_rebuilds_the_online_store_from_the_change_log(
-    feast_store: FeatureStore,  # noqa: F811
+    feast_store: FeatureStore,
     settings: Settings,
 ) -> None:
     rng = random.Random(9)
@@ -237,7 +236,7 @@ def test_materialize_rebuilds_the_online_store_from_the_change_log(
     assert got == [oracle(rows, JOB, i, BASE_US + 2 * HOUR_US) for i in ("j-1", "j-2")]
 
 
-def test_full_feature_names(feast_store: FeatureStore, settings: Settings) -> None:  # noqa: F811
+def test_full_feature_names(feast_store: FeatureStore, settings: Settings) -> None:
     rows = [Row("j-1", BASE_US, BASE_US, random_values(random.Random(2), JOB))]
     write(settings, JOB, rows)
     entity_df = pd.DataFrame(

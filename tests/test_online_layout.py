@@ -42,7 +42,6 @@ from features.online_layout import (
 )
 from features.settings import Settings
 from features.specs import CLIENT, ENTITIES, FREELANCER, JOB, Dtype, Entity, features_of, view_name
-from tests.test_feast_repo import feast_store  # noqa: F401  (fixture)
 
 PROJECT = "bestmatch"
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -324,7 +323,7 @@ def test_write_entities_reloads_its_script_after_a_flush(redis_url: str) -> None
     assert read_entities(client, PROJECT, [(CLIENT, "c-1")]) == [values]
 
 
-def test_feast_reads_what_the_layout_writes(feast_store: FeatureStore, settings: Settings) -> None:  # noqa: F811
+def test_feast_reads_what_the_layout_writes(feast_store: FeatureStore, settings: Settings) -> None:
     rng = random.Random(11)
     client = redis.Redis.from_url(settings.redis_url)
     ids = {e: [f"{e.name[0]}-{i}-ü" for i in range(8)] for e in ENTITIES}
