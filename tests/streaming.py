@@ -95,8 +95,7 @@ class StreamProcess:
     def start(self) -> None:
         assert not self.alive(), "already running"
         self.starts += 1
-        with self.log.open("a") as out:
-            out.write(f"--- start {self.starts} ({self.how})\n")
+        self._note(f"start {self.starts} ({self.how})")
         if self.how == "cli":
             script = Path(sys.executable).with_name("bestmatch")
             command = [str(script)] if script.exists() else [sys.executable, "-m", "bestmatch.cli"]
@@ -116,6 +115,11 @@ class StreamProcess:
             )
             self._child.start()
 
+    def _note(self, what: str) -> None:
+        # wall-clock times, to line the log up with the Delta commits' times
+        with self.log.open("a") as out:
+            out.write(f"--- {time.time():.3f} {what}\n")
+
     def alive(self) -> bool:
         if self._child is None:
             return False
@@ -129,10 +133,20 @@ class StreamProcess:
             return
         if self.alive():
             os.kill(self._child.pid, signal.SIGKILL)
+            self._note("SIGKILL")
         if self.how == "cli":
             self._child.wait(timeout=30)
         else:
             self._child.join(timeout=30)
+        assert not self.alive(), f"{self} survived SIGKILL"
+        self._child = None
+
+    def interrupt(self, timeout: float = 20.0) -> None:
+        """Ctrl-C (SIGINT), as a user stops it; it must be gone within `timeout` seconds."""
+        assert self._child is not None and self.alive(), "not running"
+        os.kill(self._child.pid, signal.SIGINT)
+        self._note("SIGINT")
+        wait_until(lambda: not self.alive(), timeout, f"{self} to stop on Ctrl-C", every=0.05)
         self._child = None
 
     def events_in(self) -> int | None:
