@@ -56,6 +56,16 @@ def _time(text: str | None, option: str) -> int | None:
         raise InvalidEventError(msg, option) from None
 
 
+def _register_feast(settings: Settings) -> None:
+    """Keep Feast's registry in step, so `FeatureStore(repo_path="features")` reads the stores."""
+    from bestmatch.services import ensure_feast_registry
+
+    with progress("registering the Feast objects (feast apply)"):
+        applied = ensure_feast_registry(settings)
+    if applied:
+        console.print("Feast registry updated: FeatureStore(repo_path='features') is ready")
+
+
 def _need_file(path: Path, option: str) -> None:
     if not path.is_file():
         msg = f"{option}: no such file: {path}"
@@ -113,6 +123,7 @@ def backfill(
         run_backfill(settings, events, until=until_us, workers=workers, processes=processes)
     elapsed = time.perf_counter() - started
     print_table(f"backfill done in {elapsed:.1f} s", summarize_lake(settings, elapsed))
+    _register_feast(settings)
 
 
 @app.command()
@@ -168,6 +179,7 @@ def stream(
 
         start_http_server(metrics_port, registry=METRICS.registry)
         console.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics")
+    _register_feast(settings)
     console.print(f"streaming from {settings.stream_key}; Ctrl-C to stop")
     run_stream(settings, workers=workers, processes=processes, trigger_s=trigger)
 

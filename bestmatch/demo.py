@@ -69,6 +69,10 @@ def run_demo(
         publish(client, settings.stream_key, iter_lines(live), rate=rate, progress=advance)
         stream.wait_for(n_live)
     print_table("feature stores", summarize_lake(settings))
+    from bestmatch.services import ensure_feast_registry
+
+    with progress("registering the Feast objects (feast apply)"):
+        ensure_feast_registry(settings)
     console.print(
         f"[bold green]demo done[/] in {time.perf_counter() - started:.0f} s. "
         f"Features: Redis {settings.redis_url.split('@')[-1]}, lake {settings.lake}"

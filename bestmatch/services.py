@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import redis
 
 from features.errors import StoreError
+from features.settings import Settings
 
 
 def redis_reachable(url: str) -> bool:
@@ -63,3 +64,25 @@ def ensure_redis(url: str, workdir: Path) -> str | None:
             raise StoreError(msg)
         time.sleep(0.05)
     return f"started redis-server on {host}:{port} (stop it with: redis-cli -p {port} shutdown)"
+
+
+def ensure_feast_registry(settings: Settings) -> bool:
+    """`feast apply` for the derived objects, skipped (without importing Feast, which takes
+    seconds) while the registry was applied from the same definitions."""
+    import hashlib
+
+    from features import specs
+    from features.registry import REPO_PATH
+
+    source = (REPO_PATH / "feast_repo.py").read_bytes() + repr(specs.FEATURES).encode()
+    fingerprint = hashlib.sha256(source + settings.feast_project.encode()).hexdigest()
+    marker = REPO_PATH / "data" / "registry.fingerprint"
+    registry = REPO_PATH / "data" / "registry.db"
+    if registry.exists() and marker.exists() and marker.read_text() == fingerprint:
+        return False
+    from features.registry import ensure_registry
+
+    applied = ensure_registry(settings)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+    return applied
