@@ -1,0 +1,247 @@
+"""What the ranker reads: its ordered feature list, and the one function that builds its input.
+
+Training and serving both call `model_frame` (or `request_matrix`, its one-request form), so the
+two can never compute a feature differently. The function is pure: the values of the store
+features (as `get_historical_features` or `get_online_features` return them) plus what the request
+itself carries (each proposal's bid and cover letter, and which request it belongs to) in, a
+float64 matrix in `MODEL_FEATURES` order out. Missing values stay missing (NaN): LightGBM learns a
+direction for them, which is what a new freelancer or an unseen job needs.
+
+The list is derived from `specs.FEATURES`:
+
+- every INT, FLOAT and BOOL feature, as a number (BOOL as 0/1);
+- every STRING feature with a closed vocabulary (`categories`), as its index in that vocabulary
+  (`job_budget_type_code`: hourly 0, fixed 1; `job_experience_level_code`: entry 0 ... expert 2);
+- then the request-time features below, which combine store values with the request.
+
+Left out on purpose: `fl_country` and `job_category` (open vocabularies: a stable hash would give
+codes whose order means nothing, and a client's decision does not hinge on them here),
+`job_posted_at` (the job's age is the same for every proposal of a serving request, so it cannot
+rank them; in training it would only stand in for arrival order). The skill lists are used through
+the overlap features.
+
+Request-time features (`REQUEST_FEATURES`): the bid against the job's budget, the freelancer's
+rate and recent bids and the job's recent bids; the bid against the other proposals of the same
+request (its share of lower bids, ties half, and its ratio to the request's median); skill overlap
+between freelancer and job; the cover letter's length and how many of the job's skills it names.
+A ratio over a missing or non-positive denominator is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from features.specs import FEATURES, FEATURES_BY_NAME, FREELANCER, Dtype, FeatureSpec
+
+REQUEST_COLUMN = "request_id"  # which request (in training: which job) a proposal belongs to
+BID_COLUMN = "bid_amount"
+LETTER_COLUMN = "cover_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFeature:
+    """One column of the model's input: its name, the store features it reads, what it means."""
+
+    name: str
+    sources: tuple[str, ...]
+    description: str
+
+    @property
+    def streaming(self) -> bool:
+        """Whether it reads a windowed (streaming) feature: the ablation leaves these out."""
+        return any(FEATURES_BY_NAME[s].windowed for s in self.sources)
+
+
+def _store_feature(spec: FeatureSpec) -> ModelFeature | None:
+    if spec.dtype in (Dtype.INT, Dtype.FLOAT, Dtype.BOOL):
+        return ModelFeature(spec.name, (spec.name,), spec.description)
+    if spec.dtype is Dtype.STRING and spec.categories:
+        order = ", ".join(f"{c} {i}" for i, c in enumerate(spec.categories))
+        return ModelFeature(f"{spec.name}_code", (spec.name,), f"{spec.description} ({order})")
+    return None
+
+
+STORE_MODEL_FEATURES: tuple[ModelFeature, ...] = tuple(
+    f for f in map(_store_feature, FEATURES) if f is not None
+)
+REQUEST_FEATURES: tuple[ModelFeature, ...] = (
+    ModelFeature("bid_to_budget_max", ("job_budget_max",), "Bid / the job's budget_max."),
+    ModelFeature(
+        "bid_within_budget",
+        ("job_budget_min", "job_budget_max"),
+        "1 if budget_min <= bid <= budget_max, else 0.",
+    ),
+    ModelFeature("bid_to_hourly_rate", ("fl_hourly_rate",), "Bid / the freelancer's hourly rate."),
+    ModelFeature(
+        "bid_to_fl_bid_avg_7d", ("fl_bid_avg_7d",), "Bid / the freelancer's mean bid over 7d."
+    ),
+    ModelFeature(
+        "bid_to_job_bid_avg_24h", ("job_bid_avg_24h",), "Bid / the job's mean bid over 24h."
+    ),
+    ModelFeature(
+        "bid_share_lower_in_request",
+        (),
+        "Share of the request's other proposals that bid less (ties count half).",
+    ),
+    ModelFeature("bid_to_request_median", (), "Bid / the median bid of the request."),
+    ModelFeature("skill_matches", ("fl_skills", "job_skills"), "Job skills the freelancer lists."),
+    ModelFeature(
+        "skill_overlap",
+        ("fl_skills", "job_skills"),
+        "Share of the job's skills the freelancer lists.",
+    ),
+    ModelFeature("cover_letter_chars", (), "Length of the cover letter, in characters."),
+    ModelFeature(
+        "cover_letter_job_skills", ("job_skills",), "Job skills named in the cover letter."
+    ),
+)
+MODEL_FEATURE_SPECS: tuple[ModelFeature, ...] = STORE_MODEL_FEATURES + REQUEST_FEATURES
+MODEL_FEATURES: tuple[str, ...] = tuple(f.name for f in MODEL_FEATURE_SPECS)
+"""The model's input columns, in order."""
+STREAMING_FEATURES: tuple[str, ...] = tuple(f.name for f in MODEL_FEATURE_SPECS if f.streaming)
+"""The model features that read a windowed feature (left out by the ablation)."""
+STORE_FEATURES: tuple[str, ...] = tuple(
+    s.name for s in FEATURES if any(s.name in f.sources for f in MODEL_FEATURE_SPECS)
+)
+"""The store features `model_frame` reads, in spec order: what serving fetches."""
+
+_POLARS_TYPES: dict[Dtype, pl.DataType] = {
+    Dtype.INT: pl.Int64(),
+    Dtype.FLOAT: pl.Float64(),
+    Dtype.BOOL: pl.Boolean(),
+    Dtype.STRING: pl.String(),
+    Dtype.STRINGS: pl.List(pl.String()),
+    Dtype.TIMESTAMP: pl.Datetime("us", "UTC"),
+}
+INPUT_SCHEMA: dict[str, pl.DataType] = {
+    REQUEST_COLUMN: pl.String(),
+    BID_COLUMN: pl.Float64(),
+    LETTER_COLUMN: pl.String(),
+    **{name: _POLARS_TYPES[FEATURES_BY_NAME[name].dtype] for name in STORE_FEATURES},
+}
+"""The columns `model_frame` reads, with their types."""
+
+
+def _ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
+    return pl.when(denominator > 0).then(numerator / denominator).otherwise(None)
+
+
+def _request_exprs() -> dict[str, pl.Expr]:
+    bid = pl.col(BID_COLUMN)
+    fl_skills, job_skills = pl.col("fl_skills"), pl.col("job_skills")
+    others = pl.len().over(REQUEST_COLUMN) - 1
+    lower = bid.rank("average").over(REQUEST_COLUMN) - 1  # lower bids, plus half the ties
+    matches = fl_skills.list.set_intersection(job_skills).list.len()
+    budget_min, budget_max = pl.col("job_budget_min"), pl.col("job_budget_max")
+    return {
+        "bid_to_budget_max": _ratio(bid, budget_max),
+        "bid_within_budget": ((bid >= budget_min) & (bid <= budget_max)).cast(pl.Float64),
+        "bid_to_hourly_rate": _ratio(bid, pl.col("fl_hourly_rate")),
+        "bid_to_fl_bid_avg_7d": _ratio(bid, pl.col("fl_bid_avg_7d")),
+        "bid_to_job_bid_avg_24h": _ratio(bid, pl.col("job_bid_avg_24h")),
+        "bid_share_lower_in_request": _ratio(lower.cast(pl.Float64), others.cast(pl.Float64)),
+        "bid_to_request_median": _ratio(bid, bid.median().over(REQUEST_COLUMN)),
+        "skill_matches": matches,
+        "skill_overlap": _ratio(matches.cast(pl.Float64), job_skills.list.len().cast(pl.Float64)),
+        "cover_letter_chars": pl.col(LETTER_COLUMN).str.len_chars(),
+        "cover_letter_job_skills": pl.col("__letter_skills"),
+    }
+
+
+def _letter_skills(frame: pl.DataFrame) -> pl.Series:
+    """Per row, how many of the job's distinct skills the cover letter names (case-insensitive);
+    null where the job's skills are unknown."""
+    skill = pl.col("__skill")
+    hits = (
+        frame.select(
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias("__row"),
+            pl.col(LETTER_COLUMN).str.to_lowercase().alias("__letter"),
+            pl.col("job_skills")
+            .list.eval(pl.element().str.to_lowercase())
+            .list.unique()
+            .alias("__skill"),
+        )
+        .explode("__skill")  # a job with no skills keeps one row, with a null skill
+        .group_by("__row", maintain_order=True)
+        .agg(
+            (pl.col("__letter").str.contains(skill, literal=True) & (skill != ""))
+            .fill_null(False)
+            .sum()
+        )
+    )
+    counts = hits["__letter"].cast(pl.Float64)
+    return counts.set(frame["job_skills"].is_null(), None)  # type: ignore[arg-type]
+
+
+def model_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """The model's input, `MODEL_FEATURES` as float64 columns in order, one row per proposal.
+
+    `frame` holds the `INPUT_SCHEMA` columns: each proposal's request key, bid and cover letter,
+    and the store features' values for its freelancer, job and client (null where unknown).
+    Rows stay in order; request-relative features compare each row with its request's rows.
+    """
+    missing = [name for name in INPUT_SCHEMA if name not in frame.columns]
+    if missing:
+        msg = f"model_frame: missing input columns {missing}"
+        raise ValueError(msg)
+    typed = frame.select(pl.col(name).cast(dtype) for name, dtype in INPUT_SCHEMA.items())
+    typed = typed.with_columns(_letter_skills(typed).alias("__letter_skills"))
+    exprs: dict[str, pl.Expr] = {}
+    for feature in STORE_MODEL_FEATURES:
+        (source,) = feature.sources
+        spec = FEATURES_BY_NAME[source]
+        if spec.categories:
+            codes = {c: float(i) for i, c in enumerate(spec.categories)}
+            exprs[feature.name] = pl.col(source).replace_strict(
+                codes, default=None, return_dtype=pl.Float64
+            )
+        else:
+            exprs[feature.name] = pl.col(source)
+    exprs.update(_request_exprs())
+    return typed.select(
+        exprs[name].cast(pl.Float64).fill_nan(None).alias(name) for name in MODEL_FEATURES
+    )
+
+
+def model_matrix(frame: pl.DataFrame) -> np.ndarray:
+    """`model_frame` as a C-contiguous float64 matrix, NaN for missing."""
+    return np.ascontiguousarray(model_frame(frame).to_numpy(), dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestProposal:
+    """One proposal of a ranking request, with its freelancer's store values (absent: None)."""
+
+    bid_amount: float
+    cover_letter: str
+    freelancer: Mapping[str, Any]
+
+
+def request_frame(job: Mapping[str, Any], proposals: Sequence[RequestProposal]) -> pl.DataFrame:
+    """The `model_frame` input of one request: `job` holds the job's and the client's values."""
+    columns: dict[str, list[Any]] = {
+        REQUEST_COLUMN: ["request"] * len(proposals),
+        BID_COLUMN: [p.bid_amount for p in proposals],
+        LETTER_COLUMN: [p.cover_letter for p in proposals],
+    }
+    for name in STORE_FEATURES:
+        if FEATURES_BY_NAME[name].entity == FREELANCER:
+            columns[name] = [_plain(p.freelancer.get(name)) for p in proposals]
+        else:
+            columns[name] = [_plain(job.get(name))] * len(proposals)
+    return pl.DataFrame(columns, schema=INPUT_SCHEMA)
+
+
+def request_matrix(job: Mapping[str, Any], proposals: Sequence[RequestProposal]) -> np.ndarray:
+    """The model's input for one request, one row per proposal in request order."""
+    return model_matrix(request_frame(job, proposals))
+
+
+def _plain(value: Any) -> Any:
+    """Store values as polars takes them: tuples of skills as lists."""
+    return list(value) if isinstance(value, tuple) else value
