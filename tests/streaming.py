@@ -78,9 +78,17 @@ class StreamProcess:
     """One `bestmatch stream` at a time for one set of stores: start, watch, kill, restart."""
 
     def __init__(
-        self, settings: Settings, log: Path, metrics_port: int, *, workers: int = 1, how: How
+        self,
+        settings: Settings,
+        log: Path,
+        metrics_port: int,
+        *,
+        workers: int = 1,
+        how: How,
+        options: Sequence[str] = (),
     ) -> None:
         self.settings = settings
+        self.options = list(options)  # more `bestmatch stream` options
         self.log = log
         self.port = metrics_port
         self.workers = workers
@@ -90,7 +98,14 @@ class StreamProcess:
 
     @property
     def args(self) -> list[str]:
-        return ["stream", "--metrics-port", str(self.port), "--workers", str(self.workers)]
+        return [
+            "stream",
+            "--metrics-port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            *self.options,
+        ]
 
     def start(self) -> None:
         assert not self.alive(), "already running"

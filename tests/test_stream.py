@@ -54,7 +54,13 @@ def streams(tmp_path: Path) -> Iterator[Streams]:
 
 
 def new_stream(
-    streams: Streams, settings: Settings, tmp_path: Path, *, workers: int = 1, how: How = "fork"
+    streams: Streams,
+    settings: Settings,
+    tmp_path: Path,
+    *,
+    workers: int = 1,
+    how: How = "fork",
+    options: tuple[str, ...] = (),
 ) -> StreamProcess:
     process = StreamProcess(
         settings,
@@ -62,6 +68,7 @@ def new_stream(
         free_port(),
         workers=workers,
         how=how,
+        options=options,
     )
     streams.append(process)
     process.start()
@@ -187,9 +194,21 @@ def test_stream_equals_backfill(
 # --- 2: exactly once through SIGKILLs ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("workers", "seed"), [(1, 5), (2, 6)])
+@pytest.mark.parametrize(
+    ("workers", "seed", "options"),
+    [
+        pytest.param(1, 5, (), id="1-worker"),
+        # change-log rows buffered for up to 3 s: a kill loses them, the replay must redo them
+        pytest.param(2, 6, ("--trigger", "3"), id="2-workers-trigger-3s"),
+    ],
+)
 def test_sigkill_loses_nothing_and_counts_nothing_twice(
-    tmp_path: Path, settings: Settings, streams: Streams, workers: int, seed: int
+    tmp_path: Path,
+    settings: Settings,
+    streams: Streams,
+    workers: int,
+    seed: int,
+    options: tuple[str, ...],
 ) -> None:
     rng = random.Random(seed)
     events = random_events(seed=seed, n=1500)
@@ -197,7 +216,7 @@ def test_sigkill_loses_nothing_and_counts_nothing_twice(
     far = events[-1].event_time + 40 * DAY  # every window has emptied by then
     lines.append(tick(far))
 
-    crashed = new_stream(streams, settings, tmp_path, workers=workers)
+    crashed = new_stream(streams, settings, tmp_path, workers=workers, options=options)
     crashed.wait_read(0, START_TIMEOUT)  # up, so the kills land while events arrive
     publisher = Publisher(settings, lines, rate=len(lines) / 6)
     publisher.start()
