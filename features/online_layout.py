@@ -414,7 +414,7 @@ def _feature_items(lay: EntityLayout, values: Sequence[Any]) -> list[bytes]:
     if len(values) != len(lay.fields):
         msg = f"{lay.view}: expected {len(lay.fields)} values, got {len(values)}"
         raise ValueError(msg)
-    items = [*lay.fields, *lay.fields]
+    items = [b""] * (2 * len(values))
     items[::2] = lay.fields
     items[1::2] = [
         b"" if value is None else encode(value)
