@@ -35,7 +35,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
+from features.offline_layout import ARROW_TYPES
 from features.specs import FEATURES, FEATURES_BY_NAME, FREELANCER, Dtype, FeatureSpec
 
 REQUEST_COLUMN = "request_id"  # which request (in training: which job) a proposal belongs to
@@ -125,6 +127,13 @@ INPUT_SCHEMA: dict[str, pl.DataType] = {
     **{name: _POLARS_TYPES[FEATURES_BY_NAME[name].dtype] for name in STORE_FEATURES},
 }
 """The columns `model_frame` reads, with their types."""
+_ARROW: dict[str, pa.DataType] = {
+    REQUEST_COLUMN: pa.string(),
+    BID_COLUMN: pa.float64(),
+    LETTER_COLUMN: pa.string(),
+    **{name: ARROW_TYPES[FEATURES_BY_NAME[name].dtype] for name in STORE_FEATURES},
+}
+_LISTS = frozenset(n for n in STORE_FEATURES if FEATURES_BY_NAME[n].dtype is Dtype.STRINGS)
 
 
 def _ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
@@ -166,7 +175,7 @@ def _letter_skills(frame: pl.DataFrame) -> pl.Series:
             .list.unique()
             .alias("__skill"),
         )
-        .explode("__skill")  # a job with no skills keeps one row, with a null skill
+        .explode("__skill", empty_as_null=True, keep_nulls=True)  # one row per job skill, or null
         .group_by("__row", maintain_order=True)
         .agg(
             (pl.col("__letter").str.contains(skill, literal=True) & (skill != ""))
@@ -224,17 +233,25 @@ class RequestProposal:
 
 def request_frame(job: Mapping[str, Any], proposals: Sequence[RequestProposal]) -> pl.DataFrame:
     """The `model_frame` input of one request: `job` holds the job's and the client's values."""
+    n = len(proposals)
     columns: dict[str, list[Any]] = {
-        REQUEST_COLUMN: ["request"] * len(proposals),
+        REQUEST_COLUMN: ["request"] * n,
         BID_COLUMN: [p.bid_amount for p in proposals],
         LETTER_COLUMN: [p.cover_letter for p in proposals],
     }
     for name in STORE_FEATURES:
         if FEATURES_BY_NAME[name].entity == FREELANCER:
-            columns[name] = [_plain(p.freelancer.get(name)) for p in proposals]
+            columns[name] = [p.freelancer.get(name) for p in proposals]
         else:
-            columns[name] = [_plain(job.get(name))] * len(proposals)
-    return pl.DataFrame(columns, schema=INPUT_SCHEMA)
+            columns[name] = [job.get(name)] * n
+    # Arrow builds list columns far faster than polars does from Python lists.
+    arrays = {
+        name: pa.array(map(_plain, values) if name in _LISTS else values, _ARROW[name], size=n)
+        for name, values in columns.items()
+    }
+    frame = pl.from_arrow(pa.table(arrays))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def request_matrix(job: Mapping[str, Any], proposals: Sequence[RequestProposal]) -> np.ndarray:
