@@ -128,7 +128,10 @@ class EntityState:
         self.totals: list[Any] = [None] * len(empty)
         self.values: list[Any] = list(empty)
         self.last_times: dict[str, int] = {}  # event type -> event_time of the values kept
-        self.emitted = empty  # the values of its latest change-log row
+        # the values of its latest change-log row; None until its first, which an entity gets
+        # when it first appears, even if its events leave every value empty (so the offline
+        # store knows it exactly as the online store does)
+        self.emitted: Values | None = None
         self.stamp = NEVER  # when its values last changed
 
     def fold(self, i: int, agg: Agg, start: int, value: Any) -> bool:
@@ -187,9 +190,6 @@ class EntityState:
                 self.tiles[i] = self.totals[i] = None
                 self.values[i] = tiles.value(agg, None)
 
-    def is_empty(self) -> bool:
-        return not self.last_times and not any(self.tiles)
-
 
 @dataclass
 class ShardEngine:
@@ -200,8 +200,7 @@ class ShardEngine:
     due: list[tuple[int, str, str]] = field(default_factory=list)  # (time, entity, id) heap
     pending: dict[EntityKey, None] = field(default_factory=dict)  # changed at `clock`
     changes: list[Change] = field(default_factory=list)  # final rows not yet drained
-    # changed since drain_online; a Change only for an entity whose state was dropped
-    dirty: dict[EntityKey, Change | None] = field(default_factory=dict)
+    dirty: dict[EntityKey, None] = field(default_factory=dict)  # changed since drain_online
 
     def process(self, items: Iterable[Update | Tick]) -> None:
         for item in items:
@@ -287,12 +286,8 @@ class ShardEngine:
     def drain_online(self) -> list[Change]:
         """Current values (at the clock) of every entity changed since the last drain."""
         out = []
-        for key, dropped in self.dirty.items():
-            state = self.entities.get(key)
-            if state is None:
-                if dropped is not None:
-                    out.append(dropped)
-                continue
+        for key in self.dirty:
+            state = self.entities[key]
             name, entity_id = key
             out.append(Change(name, entity_id, state.stamp, state.read()))
         self.dirty = {}
@@ -324,10 +319,6 @@ class ShardEngine:
             state.emitted = values
             state.stamp = stamp
             self.dirty[key] = None
-        if state.is_empty() and key not in self.pending:
-            # nothing left to remember: its last row already says "no events"
-            del self.entities[key]
-            self.dirty[key] = Change(key[0], key[1], state.stamp, values)
 
 
 @dataclass

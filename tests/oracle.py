@@ -74,13 +74,18 @@ def changelog(events: list[Event], until: int) -> list[tuple[str, str, int, tupl
     """
     rows = []
     for entity, entity_id in entity_ids(events):
-        mine = [e for e in events if getattr(e, entity.join_key, None) == entity_id]
+        types = {f.event_type for f in features_of(entity)}
+        mine = [
+            e
+            for e in events
+            if e.event_type in types and getattr(e, entity.join_key, None) == entity_id
+        ]
         candidates = set()
         for e in mine:
             candidates.add(e.event_time)
             for w in windows():
                 candidates.add(e.event_time - e.event_time % w.hop_us + w.length_us + w.hop_us)
-        previous = tuple(0 if f.agg is Agg.COUNT else None for f in features_of(entity))
+        previous = None  # an entity's first row comes when it first appears
         for t in sorted(c for c in candidates if c <= until):
             values = vector(entity, events, entity_id, t)
             if values != previous:
