@@ -191,24 +191,34 @@ def test_stream_equals_backfill(
     stream.interrupt()  # Ctrl-C stops it
 
 
-# --- 2: exactly once through SIGKILLs ---------------------------------------------------------
+# --- 2: exactly once through crashes --------------------------------------------------------
+
+# Not strict: a Ctrl-C repeats rows only when it lands inside a sink's flush (most do).
+CTRL_C_REPEATS_ROWS = pytest.mark.xfail(
+    strict=False,
+    reason="Ctrl-C raises KeyboardInterrupt inside a sink's flush; the rows it had already "
+    "committed stay buffered and are committed again on close (flows/sinks.py)",
+)
 
 
 @pytest.mark.parametrize(
-    ("workers", "seed", "options"),
+    ("workers", "seed", "options", "stop"),
     [
-        pytest.param(1, 5, (), id="1-worker"),
+        pytest.param(1, 5, (), "SIGKILL", id="1-worker"),
         # change-log rows buffered for up to 3 s: a kill loses them, the replay must redo them
-        pytest.param(2, 6, ("--trigger", "3"), id="2-workers-trigger-3s"),
+        pytest.param(2, 6, ("--trigger", "3"), "SIGKILL", id="2-workers-trigger-3s"),
+        # how a user stops it
+        pytest.param(1, 7, (), "Ctrl-C", id="1-worker-ctrl-c", marks=CTRL_C_REPEATS_ROWS),
     ],
 )
-def test_sigkill_loses_nothing_and_counts_nothing_twice(
+def test_crashes_lose_nothing_and_count_nothing_twice(
     tmp_path: Path,
     settings: Settings,
     streams: Streams,
     workers: int,
     seed: int,
     options: tuple[str, ...],
+    stop: str,
 ) -> None:
     rng = random.Random(seed)
     events = random_events(seed=seed, n=1500)
@@ -221,13 +231,13 @@ def test_sigkill_loses_nothing_and_counts_nothing_twice(
     publisher = Publisher(settings, lines, rate=len(lines) / 6)
     publisher.start()
     read = []
-    for _ in range(3):
-        # let it read something, then kill it at a random moment: mid-batch, mid-epoch or
+    for _ in range(3 if stop == "SIGKILL" else 5):
+        # let it read something, then stop it at a random moment: mid-batch, mid-epoch or
         # mid-commit, wherever that lands
         crashed.wait_read(1, START_TIMEOUT)
         time.sleep(rng.uniform(0.0, 2.0))
         read.append(crashed.events_in() or 0)
-        crashed.kill()
+        crashed.kill() if stop == "SIGKILL" else crashed.interrupt()
         crashed.start()
     publisher.finish(60)
 
