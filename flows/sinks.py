@@ -96,17 +96,18 @@ class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
             self.flush()
 
     def flush(self) -> None:
-        for name, rows in self._rows.items():
-            if rows:
-                table = offline_layout.changelog_table(_ENTITY[name], rows)
-                self._lanes[name].commit(
-                    table, self._marks[name], [offline_layout.PARTITION_COLUMN]
-                )
-                METRICS.changes.inc(len(rows))
-        self._rows.clear()
-        self._marks.clear()
+        # Take the buffer before committing: if a commit is interrupted (Ctrl-C lands here),
+        # `close` must not commit the same rows again. Rows of a commit that never happened are
+        # replayed from the last epoch on restart, and the marks keep out what did commit.
+        buffered, marks = self._rows, self._marks
+        self._rows, self._marks = defaultdict(list), defaultdict(dict)
         self._buffered = 0
         self._last_flush = time.monotonic()
+        for name, rows in buffered.items():
+            if rows:
+                table = offline_layout.changelog_table(_ENTITY[name], rows)
+                self._lanes[name].commit(table, marks[name], [offline_layout.PARTITION_COLUMN])
+                METRICS.changes.inc(len(rows))
 
     def snapshot(self) -> None:
         # An epoch ends: everything before it must be durable before Bytewax records the epoch.
@@ -146,7 +147,7 @@ class _DeadLetterPartition(StatefulSinkPartition[DeadLetter, None]):
     def flush(self) -> None:
         if not self._rows:
             return
-        rows = self._rows
+        rows, self._rows = self._rows, []  # taken first, as in the change log's flush
         table = pa.Table.from_pydict(
             {
                 "source": [r.partition for r in rows],
@@ -161,7 +162,6 @@ class _DeadLetterPartition(StatefulSinkPartition[DeadLetter, None]):
         for r in rows:
             marks[f"source-{r.partition}"] = max(marks.get(f"source-{r.partition}", -1), r.position)
         self._lanes.commit(table, marks, [])
-        self._rows = []
 
     def snapshot(self) -> None:
         self.flush()
