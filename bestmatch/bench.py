@@ -536,6 +536,19 @@ def _publish_and_wait(
     return tail
 
 
+def _marketplace_traffic(path: Path, count: int) -> list[bytes]:
+    """Up to `count` lines from the first proposal on: the simulator opens with a burst of
+    freelancer profiles (the population signing up), not the traffic a stream sees."""
+    lines: list[bytes] = []
+    for batch in _line_batches(path):
+        for line in batch:
+            if lines or b'"proposal_submitted"' in line:
+                lines.append(line.strip())
+        if len(lines) >= count:
+            break
+    return lines[:count]
+
+
 def measure_freshness(
     stores: BenchStores, path: Path, rate: float, duration: float, trigger_s: float
 ) -> dict[str, Any]:
@@ -546,8 +559,7 @@ def measure_freshness(
     settings = stores.settings
     burst, settle = max(500, int(rate)), max(100, int(rate))
     first = burst + settle
-    lines = [line.strip() for batch in _line_batches(path) for line in batch if line.strip()]
-    lines = lines[: first + int(rate * duration)]
+    lines = _marketplace_traffic(path, first + int(rate * duration))
     if len(lines) <= first:
         msg = f"{path} has {len(lines):,} events, too few for a warm-up of {first:,}"
         raise ConfigError(msg)
