@@ -123,6 +123,7 @@ def backfill(
         run_backfill(settings, events, until=until_us, workers=workers, processes=processes)
     elapsed = time.perf_counter() - started
     print_table(f"backfill done in {elapsed:.1f} s", summarize_lake(settings, elapsed))
+    _remember_backfill(settings, events)
     _register_feast(settings)
 
 
@@ -181,6 +182,7 @@ def stream(
         console.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics")
     _register_feast(settings)
     console.print(f"streaming from {settings.stream_key}; Ctrl-C to stop")
+    _stop_on_signals()
     run_stream(settings, workers=workers, processes=processes, trigger_s=trigger)
 
 
@@ -207,10 +209,64 @@ def compact() -> None:
 
 @app.command()
 @friendly
-def train() -> None:
+def train(
+    events: Annotated[
+        Path | None,
+        typer.Option(
+            help="Events with the proposals and client actions to learn from "
+            "(default: the file of the last `bestmatch backfill`)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: same data and seed, same model.")] = 1,
+) -> None:
     """Build a point-in-time training set, train the ranker, register it in MLflow."""
-    msg = "bestmatch train is not built yet (issue 4)"
-    raise ConfigError(msg)
+    from rich.table import Table
+
+    from training.pipeline import train as run
+
+    settings = _settings()
+    events = events or _last_backfill(settings)
+    _need_file(events, "--events")
+    with progress("training: set → ranker → evaluation → MLflow", total=4) as advance:
+        report = run(settings, events=events, seed=seed, progress=advance)
+    header, rows = report.evaluation_rows()
+    table = Table(title="ranker vs baselines on the test days", title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    print_table("training run", report.rows())
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C or SIGTERM stops the stream at once, as a crash would: every change is durable
+    or replayed from the last checkpoint on the next start (exactly once either way), and the
+    user gets one line instead of an engine's stack trace."""
+    import os
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        console.print(f"stopped ({signal.Signals(signum).name}); `bestmatch stream` resumes here")
+        os._exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _remember_backfill(settings: Settings, events: Path) -> None:
+    if settings.lake_is_local:
+        meta = Path(settings.lake_path("_meta"))
+        meta.mkdir(parents=True, exist_ok=True)
+        (meta / "last_backfill.txt").write_text(str(events.resolve()))
+
+
+def _last_backfill(settings: Settings) -> Path:
+    record = Path(settings.lake_path("_meta", "last_backfill.txt"))
+    if not settings.lake_is_local or not record.exists():
+        msg = "--events: no events file given and no `bestmatch backfill` has run on this lake"
+        raise ConfigError(msg)
+    return Path(record.read_text().strip())
 
 
 @app.command()

@@ -8,8 +8,10 @@ its last epoch, and the idempotent sinks make the replay invisible.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import shutil
+import signal
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -131,6 +133,8 @@ def _execute(
     process_id: int | None,
     addresses: list[str] | None,
 ) -> None:
+    if process_id is not None:
+        _die_with_parent()
     recovery = RecoveryConfig(str(checkpoint_dir(settings)))
     if mode == "backfill":
         source = JsonlSource(options["events"], options["batch_size"], options["until"])
@@ -163,6 +167,16 @@ def _execute(
         epoch_interval=epoch,
         recovery_config=recovery,
     )
+
+
+def _die_with_parent() -> None:
+    """A cluster process ends with the command that started it, even one that was SIGKILLed,
+    so a restart never runs two clusters against the same checkpoint (Linux only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _free_ports(count: int) -> list[int]:

@@ -129,6 +129,10 @@ class ChangelogSink(FixedPartitionedSink[ShardOutput, None]):
         return ["changelog"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ChangelogPartition:
+        # deltalake imports pandas on a first write: do it now, not while a stream is waiting
+        import pandas  # noqa: F401
+        import pyarrow.dataset  # noqa: F401
+
         offline_layout.create_changelog_tables(self.settings)
         return _ChangelogPartition(self.settings, self.trigger_s, self.max_rows)
 

@@ -193,13 +193,6 @@ def test_stream_equals_backfill(
 
 # --- 2: exactly once through crashes --------------------------------------------------------
 
-# Not strict: a Ctrl-C repeats rows only when it lands inside a sink's flush (most do).
-CTRL_C_REPEATS_ROWS = pytest.mark.xfail(
-    strict=False,
-    reason="Ctrl-C raises KeyboardInterrupt inside a sink's flush; the rows it had already "
-    "committed stay buffered and are committed again on close (flows/sinks.py)",
-)
-
 
 @pytest.mark.parametrize(
     ("workers", "seed", "options", "stop"),
@@ -208,7 +201,7 @@ CTRL_C_REPEATS_ROWS = pytest.mark.xfail(
         # change-log rows buffered for up to 3 s: a kill loses them, the replay must redo them
         pytest.param(2, 6, ("--trigger", "3"), "SIGKILL", id="2-workers-trigger-3s"),
         # how a user stops it
-        pytest.param(1, 7, (), "Ctrl-C", id="1-worker-ctrl-c", marks=CTRL_C_REPEATS_ROWS),
+        pytest.param(1, 7, (), "Ctrl-C", id="1-worker-ctrl-c"),
     ],
 )
 def test_crashes_lose_nothing_and_count_nothing_twice(
