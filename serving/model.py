@@ -1,0 +1,208 @@
+"""The champion model: loaded from the MLflow registry, checked, and swapped when the alias moves.
+
+The service serves `models:/bestmatch-ranker@champion`. The alias is resolved to a version first
+and that version is loaded, so the version named in every answer is the one that scored it. The
+LightGBM booster is used directly (not through pyfunc): a request is a small numpy matrix, and
+`pred_contrib` gives the explanations.
+
+A model whose feature list (the `features` metadata logged with it, and the booster's own names)
+is not exactly `features.ranking.MODEL_FEATURES` cannot be fed by this code: at startup that stops
+the service with a `ModelError` naming the difference; later, the new model is refused and the
+current one stays.
+
+`ChampionWatcher` polls the registry in a background thread. When the alias moves, the new version
+is downloaded, checked and warmed up in that thread, then swapped in with one reference
+assignment: a request reads `watcher.current` once and scores with that model to the end, so no
+request ever sees half a swap or waits for a load.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from features.errors import ModelError
+from features.ranking import MODEL_FEATURES
+from features.settings import Settings
+
+MODEL_NAME = "bestmatch-ranker"  # the registered name (CONTRACT §3), as `training.registry` has it
+CHAMPION = "champion"
+
+log = logging.getLogger("bestmatch.serving")
+
+
+@dataclass(frozen=True)
+class LoadedRanker:
+    """One registered version, ready to score."""
+
+    name: str
+    version: str
+    booster: lgb.Booster
+    features: tuple[str, ...]
+    threads: int = 1
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.predict(matrix, num_threads=self.threads))
+
+    def contributions(self, matrix: np.ndarray) -> np.ndarray:
+        """Per row, each feature's contribution to the score, then the bias (n x (F + 1))."""
+        return np.asarray(self.booster.predict(matrix, pred_contrib=True, num_threads=self.threads))
+
+
+def check_features(version: str, logged: list[str], booster_names: list[str]) -> None:
+    """Raise `ModelError` unless the model reads exactly `MODEL_FEATURES`, in order."""
+    expected = list(MODEL_FEATURES)
+    for what, names in (("its logged feature list", logged), ("its booster", booster_names)):
+        if names == expected:
+            continue
+        extra = [n for n in names if n not in expected]
+        lacking = [n for n in expected if n not in names]
+        detail = (
+            f"it has {extra or 'no'} extra and lacks {lacking or 'none'}"
+            if extra or lacking
+            else "same names, another order"
+        )
+        msg = (
+            f"{MODEL_NAME} v{version}: {what} is not this code's MODEL_FEATURES ({detail}); "
+            "retrain with `bestmatch train` or serve with the code that trained it"
+        )
+        raise ModelError(msg)
+
+
+def load_version(settings: Settings, version: str, threads: int = 1) -> LoadedRanker:
+    """Download a registered version, check its features, warm it up."""
+    import mlflow
+    from mlflow.models import Model
+
+    uri = settings.tracking_uri
+    with tempfile.TemporaryDirectory(prefix="bestmatch-model-") as workdir:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{MODEL_NAME}/{version}",
+            dst_path=workdir,
+            tracking_uri=uri,
+            registry_uri=uri,
+        )
+        metadata = Model.load(local).metadata or {}
+        booster = mlflow.lightgbm.load_model(local)
+    if not isinstance(booster, lgb.Booster):
+        msg = f"{MODEL_NAME} v{version} is a {type(booster).__name__}, not a LightGBM booster"
+        raise ModelError(msg)
+    check_features(version, list(metadata.get("features", [])), list(booster.feature_name()))
+    ranker = LoadedRanker(MODEL_NAME, version, booster, tuple(MODEL_FEATURES), threads)
+    warm = np.full((2, len(MODEL_FEATURES)), np.nan)
+    ranker.predict(warm)
+    ranker.contributions(warm)
+    return ranker
+
+
+def registry_client(settings: Settings) -> Any:
+    from mlflow import MlflowClient
+
+    uri = settings.tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def champion_version(client: Any) -> str | None:
+    """The version the `champion` alias points at, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+class ChampionWatcher:
+    """Holds the model being served and follows the `champion` alias in a background thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poll_s: float,
+        threads: int = 1,
+        on_swap: Callable[[LoadedRanker], None] | None = None,
+        on_failure: Callable[[Exception], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.poll_s = poll_s
+        self.threads = threads
+        self.current: LoadedRanker | None = None
+        self.last_error: str | None = None
+        self._on_swap = on_swap or (lambda _ranker: None)
+        self._on_failure = on_failure or (lambda _exc: None)
+        self._client: Any = None
+        self._refused: str | None = None  # a version already refused: not downloaded again
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def load_initial(self) -> None:
+        """Load the champion now. No champion yet: not ready, and the watcher waits for one.
+        A champion this code cannot feed: `ModelError`."""
+        self._client = registry_client(self.settings)
+        version = champion_version(self._client)
+        if version is None:
+            self.last_error = f"no version of {MODEL_NAME} has the alias @{CHAMPION} yet"
+            log.warning("%s: not ready until one does", self.last_error)
+            return
+        self._swap(load_version(self.settings, version, self.threads))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def check(self) -> bool:
+        """One poll: load and swap in the champion if the alias moved. True if it swapped."""
+        if self._client is None:
+            self._client = registry_client(self.settings)
+        version = champion_version(self._client)
+        current = self.current.version if self.current else None
+        if version is None or version == current or version == self._refused:
+            return False
+        try:
+            ranker = load_version(self.settings, version, self.threads)
+        except ModelError as exc:
+            self._refused = version
+            self._failed(exc)
+            return False
+        self._swap(ranker)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check()
+            except Exception as exc:  # the registry may be away for a while: keep serving
+                self._failed(exc)
+
+    def _swap(self, ranker: LoadedRanker) -> None:
+        previous = self.current
+        self.current = ranker  # one reference assignment: atomic for every reader
+        self.last_error = None
+        self._refused = None
+        log.info(
+            "serving %s v%s%s",
+            ranker.name,
+            ranker.version,
+            f" (was v{previous.version})" if previous else "",
+        )
+        self._on_swap(ranker)
+
+    def _failed(self, exc: Exception) -> None:
+        self.last_error = str(exc)
+        log.error("champion not loaded, still serving the current model: %s", exc)
+        self._on_failure(exc)

@@ -1,0 +1,135 @@
+"""Scoring one request: store values + proposals → `request_matrix` → booster → ranked answer.
+
+The model's input comes from `features.ranking.request_matrix`, the same function training used
+(through `model_frame`), so serving cannot compute a feature differently. Missing entities give
+missing values (NaN), which the model was trained with.
+
+Order: by score, highest first; equal scores keep request order. `rank` is 1..n in that order.
+
+`best_match`: the top k of n proposals, k = max(1, min(best_match_max, round_half_up(share * n)))
+(defaults: 10 %, at least one, at most 10). A share of the list rather than a score threshold,
+because lambdarank scores are only comparable within one request, not across jobs or models.
+
+`explain`: per proposal, the `explain_top` features with the largest |contribution| (LightGBM's
+`pred_contrib`, SHAP values that sum with the bias to the score), each with its value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from features.ranking import MODEL_FEATURES, RequestProposal, request_matrix
+from features.specs import CLIENT, FREELANCER, JOB, features_of
+from serving.model import LoadedRanker
+from serving.schemas import RankRequest
+from serving.store import RequestFeatures
+
+JOB_FEATURES = tuple(s.name for s in features_of(JOB))
+CLIENT_FEATURES = tuple(s.name for s in features_of(CLIENT))
+FREELANCER_FEATURES = tuple(s.name for s in features_of(FREELANCER))
+
+
+def best_match_count(n: int, share: float, cap: int) -> int:
+    return max(1, min(cap, math.floor(share * n + 0.5)))
+
+
+def job_values(found: RequestFeatures) -> dict[str, Any]:
+    """The job's and its client's store values by feature name (absent: not there)."""
+    values: dict[str, Any] = {}
+    if found.job is not None:
+        values.update(zip(JOB_FEATURES, found.job.values, strict=True))
+    if found.client is not None:
+        values.update(zip(CLIENT_FEATURES, found.client.values, strict=True))
+    return values
+
+
+def freelancer_values(found: RequestFeatures) -> dict[str, dict[str, Any]]:
+    return {
+        fid: dict(zip(FREELANCER_FEATURES, s.values, strict=True)) if s is not None else {}
+        for fid, s in found.freelancers.items()
+    }
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One scored request: the answer's bytes, and what the serving log keeps of it."""
+
+    body: bytes
+    job: dict[str, Any]
+    freelancers: dict[str, dict[str, Any]]
+    scores: np.ndarray
+    ranks: np.ndarray  # rank of each proposal, in request order
+
+
+def rank_proposals(
+    model: LoadedRanker,
+    request: RankRequest,
+    found: RequestFeatures,
+    *,
+    best_share: float = 0.1,
+    best_max: int = 10,
+    explain_top: int = 3,
+) -> Ranking:
+    job = job_values(found)
+    freelancers = freelancer_values(found)
+    proposals = [
+        RequestProposal(p.bid_amount, p.cover_letter, freelancers[p.freelancer_id])
+        for p in request.proposals
+    ]
+    matrix = request_matrix(job, proposals)
+    scores = model.predict(matrix)
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    best = best_match_count(len(order), best_share, best_max)
+    reasons = explanations(model, matrix, explain_top) if request.explain else None
+    ranked = []
+    for position, i in enumerate(order.tolist()):
+        p = request.proposals[i]
+        ranked.append(
+            {
+                "proposal_id": p.proposal_id,
+                "freelancer_id": p.freelancer_id,
+                "rank": position + 1,
+                "score": float(scores[i]),
+                "best_match": position < best,
+                "explanation": reasons[i] if reasons is not None else None,
+            }
+        )
+    answer = {
+        "job_id": request.job_id,
+        "model": {"name": model.name, "version": model.version},
+        "ranked": ranked,
+        "degraded": found.degraded,
+        "missing": {
+            "job": found.job is None,
+            "client": None if request.client_id is None else found.client is None,
+            "freelancers": [f for f, s in found.freelancers.items() if s is None],
+        },
+    }
+    return Ranking(orjson.dumps(answer), job, freelancers, scores, ranks)
+
+
+def explanations(model: LoadedRanker, matrix: np.ndarray, top: int) -> list[list[dict[str, Any]]]:
+    """Each row's `top` features by |contribution|: name, value (None if missing), contribution."""
+    contrib = model.contributions(matrix)[:, : len(MODEL_FEATURES)]
+    picks = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :top]
+    out = []
+    for row, columns in enumerate(picks.tolist()):
+        reasons = []
+        for j in columns:
+            value = float(matrix[row, j])
+            reasons.append(
+                {
+                    "feature": MODEL_FEATURES[j],
+                    "value": None if math.isnan(value) else value,
+                    "contribution": float(contrib[row, j]),
+                }
+            )
+        out.append(reasons)
+    return out

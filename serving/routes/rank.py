@@ -1,0 +1,88 @@
+"""`POST /v1/rank` (CONTRACT §4)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from serving.deps import Authorized, Model, State
+from serving.metrics import ServingMetrics
+from serving.ranker import rank_proposals
+from serving.schemas import ErrorAnswer, RankAnswer, RankRequest
+from serving.serving_log import ServedRequest
+from serving.store import RequestFeatures
+
+router = APIRouter(prefix="/v1", tags=["ranking"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorAnswer, "description": "An API key is configured and was not given."},
+    413: {"model": ErrorAnswer, "description": "The body is too large."},
+    422: {"model": ErrorAnswer, "description": "A field is invalid; `detail` names it."},
+    503: {"model": ErrorAnswer, "description": "No model loaded yet."},
+}
+
+
+@router.post(
+    "/rank",
+    response_model=RankAnswer,
+    responses=_ERRORS,  # type: ignore[arg-type]
+    summary="Rank a job's proposals, best first",
+)
+def rank(body: RankRequest, state: State, model: Model, _auth: Authorized) -> Response:
+    """Scores every proposal with the champion model on the online store's features.
+
+    Entities the store does not know are scored with missing values and listed in `missing`.
+    When the store cannot be read in time the answer is `degraded`: every proposal is scored
+    without store features, and still ranked.
+    """
+    started = time.perf_counter()
+    config = state.config
+    found = state.reader.read(
+        body.job_id, body.client_id, [p.freelancer_id for p in body.proposals]
+    )
+    ranking = rank_proposals(
+        model,
+        body,
+        found,
+        best_share=config.best_match_share,
+        best_max=config.best_match_max,
+        explain_top=config.explain_top,
+    )
+    if state.log is not None and state.sampler.random() < config.log_rate:
+        state.log.offer(
+            ServedRequest(
+                time.time_ns() // 1000,
+                body,
+                model.version,
+                found.degraded,
+                ranking.job,
+                ranking.freelancers,
+                ranking.scores,
+                ranking.ranks,
+            )
+        )
+    observe(state.metrics, body, found, time.perf_counter() - started)
+    return Response(ranking.body, media_type="application/json")
+
+
+def observe(m: ServingMetrics, body: RankRequest, found: RequestFeatures, seconds: float) -> None:
+    m.rank_seconds.observe(seconds)
+    m.rank_proposals.observe(len(body.proposals))
+    if found.degraded:
+        m.degraded.inc()
+        m.store_up.set(0)
+        return
+    m.store_up.set(1)
+    m.fetch_seconds.observe(found.fetch_s)
+    now_us = time.time_ns() // 1000
+    entities = [("job", found.job)]
+    if body.client_id is not None:
+        entities.append(("client", found.client))
+    entities += [("freelancer", s) for s in found.freelancers.values()]
+    for entity, stamped in entities:
+        if stamped is None:
+            m.missing[entity].inc()
+        elif stamped.stamp_us is not None:
+            m.feature_age[entity].observe((now_us - stamped.stamp_us) / 1e6)

@@ -1,0 +1,184 @@
+"""The serving log: a sample of served feature vectors, in the Delta table `<lake>/serving_log`.
+
+A sampled request (each with probability `log_rate`; whole requests, so a logged list can be
+studied as a ranking) is handed to a queue and the request goes on. A background thread turns
+requests into rows (one per proposal: the request time, ids, model version, the store values the
+model read, the bid, the score and rank) and appends them to Delta when `log_batch_rows` rows wait
+or the oldest has waited `log_flush_s`, and on shutdown. A full queue or a failed write drops rows
+(counted in `bestmatch_serving_log_dropped`): logging never slows or fails an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from features.offline_layout import ARROW_TYPES, UTC_US, day_of
+from features.ranking import STORE_FEATURES
+from features.settings import Settings
+from features.specs import FEATURES_BY_NAME, FREELANCER
+from serving.schemas import RankRequest
+
+TABLE = "serving_log"
+PARTITION = "day"
+log = logging.getLogger("bestmatch.serving")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("served_at", UTC_US, nullable=False),
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("client_id", pa.string()),
+        pa.field("proposal_id", pa.string(), nullable=False),
+        pa.field("freelancer_id", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("degraded", pa.bool_(), nullable=False),
+        pa.field("bid_amount", pa.float64(), nullable=False),
+        *(pa.field(name, ARROW_TYPES[FEATURES_BY_NAME[name].dtype]) for name in STORE_FEATURES),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("rank", pa.int64(), nullable=False),
+        pa.field(PARTITION, pa.string(), nullable=False),
+    ]
+)
+_FREELANCER_COLUMNS = frozenset(
+    n for n in STORE_FEATURES if FEATURES_BY_NAME[n].entity == FREELANCER
+)
+
+
+def serving_log_uri(settings: Settings) -> str:
+    return settings.lake_path(TABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedRequest:
+    """What one answer used: kept by reference, turned into rows off the request path."""
+
+    served_at_us: int
+    request: RankRequest
+    model_version: str
+    degraded: bool
+    job: dict[str, Any]
+    freelancers: dict[str, dict[str, Any]]
+    scores: np.ndarray
+    ranks: np.ndarray
+
+
+def request_rows(served: ServedRequest) -> dict[str, list[Any]]:
+    """One row per proposal, by column."""
+    proposals = served.request.proposals
+    n = len(proposals)
+    columns: dict[str, list[Any]] = {
+        "served_at": [served.served_at_us] * n,
+        "job_id": [served.request.job_id] * n,
+        "client_id": [served.request.client_id] * n,
+        "proposal_id": [p.proposal_id for p in proposals],
+        "freelancer_id": [p.freelancer_id for p in proposals],
+        "model_version": [served.model_version] * n,
+        "degraded": [served.degraded] * n,
+        "bid_amount": [p.bid_amount for p in proposals],
+    }
+    for name in STORE_FEATURES:
+        if name in _FREELANCER_COLUMNS:
+            columns[name] = [served.freelancers[p.freelancer_id].get(name) for p in proposals]
+        else:
+            columns[name] = [served.job.get(name)] * n
+    columns["score"] = served.scores.tolist()
+    columns["rank"] = served.ranks.tolist()
+    columns[PARTITION] = [day_of(served.served_at_us)] * n
+    return columns
+
+
+def rows_table(requests: list[ServedRequest]) -> pa.Table:
+    merged: dict[str, list[Any]] = {field.name: [] for field in SCHEMA}
+    for served in requests:
+        for name, values in request_rows(served).items():
+            merged[name] += values
+    lists = {n for n in STORE_FEATURES if pa.types.is_list(SCHEMA.field(n).type)}
+    return pa.table(
+        {
+            field.name: pa.array(
+                [list(v) if v is not None else None for v in merged[field.name]]
+                if field.name in lists
+                else merged[field.name],
+                field.type,
+            )
+            for field in SCHEMA
+        },
+        schema=SCHEMA,
+    )
+
+
+_STOP = object()
+
+
+class ServingLog:
+    """The background writer. `offer` never blocks; `close` flushes what is left."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        batch_rows: int,
+        flush_s: float,
+        max_queued: int,
+        on_written: Callable[[int], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+    ) -> None:
+        self.uri = uri
+        self.batch_rows = batch_rows
+        self.flush_s = flush_s
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
+        self._on_written = on_written or (lambda _n: None)
+        self._on_dropped = on_dropped or (lambda _n: None)
+        self._thread = threading.Thread(target=self._run, name="serving-log", daemon=True)
+        self._thread.start()
+
+    def offer(self, served: ServedRequest) -> None:
+        try:
+            self._queue.put_nowait(served)
+        except queue.Full:
+            self._on_dropped(len(served.request.proposals))
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=timeout_s)
+
+    def _run(self) -> None:
+        pending: list[ServedRequest] = []
+        rows = 0
+        oldest = 0.0
+        while True:
+            wait = max(0.0, oldest + self.flush_s - time.monotonic()) if pending else None
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is not None and item is not _STOP:
+                if not pending:
+                    oldest = time.monotonic()
+                pending.append(item)
+                rows += len(item.request.proposals)
+            due = bool(pending) and (item is None or item is _STOP or rows >= self.batch_rows)
+            if due:
+                self._write(pending, rows)
+                pending, rows = [], 0
+            if item is _STOP:
+                return
+
+    def _write(self, pending: list[ServedRequest], rows: int) -> None:
+        from deltalake import write_deltalake
+
+        try:
+            write_deltalake(self.uri, rows_table(pending), mode="append", partition_by=[PARTITION])
+        except Exception as exc:  # a lake away for a while: the sample is lost, serving goes on
+            log.error("serving log: %d rows not written to %s: %s", rows, self.uri, exc)
+            self._on_dropped(rows)
+            return
+        self._on_written(rows)

@@ -1,0 +1,70 @@
+"""Everything a running service holds, built once in the lifespan and closed at shutdown."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from features.settings import Settings
+from serving.config import ServingSettings
+from serving.metrics import ServingMetrics
+from serving.model import ChampionWatcher, LoadedRanker
+from serving.serving_log import ServingLog, serving_log_uri
+from serving.store import FeatureReader, connect
+
+
+@dataclass
+class ServingState:
+    settings: Settings
+    config: ServingSettings
+    metrics: ServingMetrics
+    reader: FeatureReader
+    watcher: ChampionWatcher
+    log: ServingLog | None
+    sampler: random.Random = field(default_factory=random.Random)
+
+    @property
+    def api_key(self) -> str | None:
+        return self.settings.api_key or None
+
+    def close(self) -> None:
+        self.watcher.stop()
+        if self.log is not None:
+            self.log.close()
+        self.reader.close()
+
+
+def open_state(settings: Settings, config: ServingSettings) -> ServingState:
+    """Connect, load the champion, start the watcher and the log writer."""
+    metrics = ServingMetrics()
+
+    def loaded(ranker: LoadedRanker) -> None:
+        metrics.serving_model(ranker.name, ranker.version)
+        metrics.model_loads.inc()
+
+    watcher = ChampionWatcher(
+        settings,
+        poll_s=config.model_poll_s,
+        threads=config.predict_threads,
+        on_swap=loaded,
+        on_failure=lambda _exc: metrics.model_load_failures.inc(),
+    )
+    watcher.load_initial()
+    reader = FeatureReader(
+        connect(settings.redis_url, config.redis_timeout_s),
+        settings.feast_project,
+        config.redis_retry_s,
+    )
+    metrics.store_up.set(1 if reader.ping() else 0)
+    log = None
+    if config.log_rate > 0:
+        log = ServingLog(
+            serving_log_uri(settings),
+            batch_rows=config.log_batch_rows,
+            flush_s=config.log_flush_s,
+            max_queued=config.log_queue_requests,
+            on_written=metrics.log_rows.inc,
+            on_dropped=metrics.log_dropped.inc,
+        )
+    watcher.start()
+    return ServingState(settings, config, metrics, reader, watcher, log)
