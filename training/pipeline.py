@@ -65,21 +65,23 @@ def model_inputs(frame: pl.DataFrame) -> pl.DataFrame:
     return model_frame(frame.with_columns(pl.col(GROUP_COLUMN).alias(REQUEST_COLUMN)))
 
 
-def _arrays(frame: pl.DataFrame, features: tuple[str, ...]) -> tuple[np.ndarray, ...]:
-    matrix = model_inputs(frame).select(features).to_numpy().astype(np.float64, copy=False)
-    return matrix, frame[LABEL_COLUMN].to_numpy(), group_sizes(frame)
-
-
 def fit_models(
     training_set: TrainingSet, params: RankerParams
 ) -> tuple[FittedRanker, FittedRanker]:
     """The ranker on every model feature, and the ablation without the streaming ones."""
-    train, valid = training_set.split("train"), training_set.split("valid")
-    fitted = []
-    for features in (MODEL_FEATURES, ABLATION_FEATURES):
-        a, b = _arrays(train, features), _arrays(valid, features)
-        fitted.append(fit_ranker(features, (a[0], a[1], a[2]), (b[0], b[1], b[2]), params))
-    return fitted[0], fitted[1]
+    parts = [training_set.split("train"), training_set.split("valid")]
+    inputs = [model_inputs(part) for part in parts]
+    labels = [part[LABEL_COLUMN].to_numpy() for part in parts]
+    sizes = [group_sizes(part) for part in parts]
+
+    def fit(features: tuple[str, ...]) -> FittedRanker:
+        train, valid = (
+            (x.select(features).to_numpy(), y, g)
+            for x, y, g in zip(inputs, labels, sizes, strict=True)
+        )
+        return fit_ranker(features, train, valid, params)
+
+    return fit(MODEL_FEATURES), fit(ABLATION_FEATURES)
 
 
 @dataclass(frozen=True)

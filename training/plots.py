@@ -71,7 +71,9 @@ def score_figure(frame: pl.DataFrame, scores: np.ndarray) -> Figure:
     labels = frame[LABEL_COLUMN].to_numpy()
     figure = _figure(7, 4)
     axes = figure.add_subplot()
-    bins = np.linspace(float(np.min(scores)), float(np.max(scores)), 50) if scores.size else 10
+    bins = (
+        list(np.linspace(float(np.min(scores)), float(np.max(scores)), 50)) if scores.size else 10
+    )
     for grade in sorted(_GRADE_NAMES):
         chosen = scores[labels == grade]
         if chosen.size:

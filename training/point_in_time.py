@@ -18,6 +18,7 @@ such row keeps its place, with nulls. It is faster because it does less:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import polars as pl
 
@@ -60,6 +61,7 @@ def historical_features(
     if order is not None:
         left = left[order]
     until = left[_TS].max()
+    assert until is None or isinstance(until, datetime)
     values: list[pl.DataFrame] = []
     for entity in ENTITIES:
         names = [f.name for f in features_of(entity) if f.name in wanted]
@@ -78,7 +80,7 @@ def historical_features(
 
 
 def read_changelog(
-    settings: Settings, entity: Entity, names: Sequence[str], until: object | None = None
+    settings: Settings, entity: Entity, names: Sequence[str], until: datetime | None = None
 ) -> pl.DataFrame:
     """An entity's change-log rows (join key, times, the named features) up to `until`."""
     from deltalake import DeltaTable
@@ -97,7 +99,11 @@ def read_changelog(
 
 
 def _values_at(
-    settings: Settings, entity: Entity, names: list[str], left: pl.DataFrame, until: object
+    settings: Settings,
+    entity: Entity,
+    names: list[str],
+    left: pl.DataFrame,
+    until: datetime | None,
 ) -> pl.DataFrame:
     """Per row of `left` (`_TS` sorted, and the join key), the named features as of `_TS`."""
     log = read_changelog(settings, entity, names, until)

@@ -16,7 +16,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-NUM_THREADS = 4
+NUM_THREADS = 2  # fixed, not the machine's core count: see the module docstring
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,15 +24,15 @@ class RankerParams:
     """Hyper-parameters; `lightgbm()` turns them into LightGBM's parameter dict."""
 
     seed: int = 1
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     num_leaves: int = 31
     min_data_in_leaf: int = 50
     feature_fraction: float = 0.9
     bagging_fraction: float = 0.8
     bagging_freq: int = 1
     lambda_l2: float = 1.0
-    max_rounds: int = 600
-    early_stopping_rounds: int = 50
+    max_rounds: int = 500
+    early_stopping_rounds: int = 30
     num_threads: int = NUM_THREADS
 
     def lightgbm(self) -> dict[str, Any]:
