@@ -12,9 +12,9 @@ submission (`fl_proposals_*`, `job_proposals_*`, the bid means change at exactly
 as the online store does by the time a client opens the job. Nothing the client does with the
 proposal can be in them: a client acts after the proposal exists. The price of this choice: the
 job's and client's values differ between the proposals of one training group (they move as
-proposals arrive), while serving reads them once per request; they cannot reorder a request, but
-the ranker partly learns arrival order from them in training (the ablation shows how much the
-windowed features add).
+proposals arrive), while serving reads them once per request, the same for every proposal; so in
+training they also tell arrival order apart, which serving's job values cannot (the ablation shows
+what the windowed features add as a whole).
 
 **The label** grades the client's actions on the proposal strictly after the ranking moment and at
 most `horizon` later: hired 3, messaged 2, shortlisted 1, otherwise 0 (viewed and archived are 0).
