@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from features.settings import Settings
 from serving.config import ServingSettings
-from serving.errors import install_error_handler
+from serving.errors import BodyLimit, install_error_handler
 from serving.routes import health, metrics, rank
 from serving.schemas import MAX_BODY_BYTES
 from serving.state import open_state
@@ -41,8 +41,8 @@ def create_app(settings: Settings, serving: ServingSettings | None = None) -> Fa
         version=API_VERSION,
         description="Ranks a job's proposals with the champion LightGBM model on live features.",
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     install_error_handler(app)
     app.include_router(rank.router)
     app.include_router(health.router)

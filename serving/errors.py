@@ -17,7 +17,9 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.errors import ModelError
 
@@ -74,7 +76,7 @@ def _answer(
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     out = []
     for error in exc.errors():
-        message = str(error.get("msg", "invalid"))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
             message = f"not valid JSON ({error.get('ctx', {}).get('error', 'decode error')})"
             out.append({"field": "body", "message": message})
@@ -112,3 +114,50 @@ def _response(request: Request, exc: Exception) -> Response:
 def install_error_handler(app: FastAPI) -> None:
     for kind in (RequestValidationError, ApiError, ModelError, HTTPException, Exception):
         app.add_exception_handler(kind, handle_error)
+
+
+class BodyLimit:
+    """413 for a body over `max_bytes`, before anything reads it.
+
+    A declared Content-Length over the limit is refused at once (the server delivers no more than
+    it declares); a body without one (chunked) is read up to the limit, then handed on. The answer
+    has the one error shape (it is made before the app's handler could see the request).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        total = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            total += len(message.get("body", b""))
+            if total > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"the body is over {self.max_bytes:,} bytes"
+        await _answer(413, [{"field": "body", "message": message}])(scope, receive, send)

@@ -81,13 +81,10 @@ def load_version(settings: Settings, version: str, threads: int = 1) -> LoadedRa
     import mlflow
     from mlflow.models import Model
 
-    uri = settings.tracking_uri
+    _use_registry(settings)
     with tempfile.TemporaryDirectory(prefix="bestmatch-model-") as workdir:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{MODEL_NAME}/{version}",
-            dst_path=workdir,
-            tracking_uri=uri,
-            registry_uri=uri,
+            artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=workdir
         )
         metadata = Model.load(local).metadata or {}
         booster = mlflow.lightgbm.load_model(local)
@@ -102,10 +99,21 @@ def load_version(settings: Settings, version: str, threads: int = 1) -> LoadedRa
     return ranker
 
 
+def _use_registry(settings: Settings) -> str:
+    """Point MLflow at the configured store. Global, and needed: `models:/` URIs (and the logged
+    models they name) are resolved through MLflow's own clients, not one we pass."""
+    import mlflow
+
+    uri = settings.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
 def registry_client(settings: Settings) -> Any:
     from mlflow import MlflowClient
 
-    uri = settings.tracking_uri
+    uri = _use_registry(settings)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
