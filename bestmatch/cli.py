@@ -275,10 +275,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
-    """Serve the ranking API."""
-    del host, port
-    msg = "bestmatch serve is not built yet (issue 5)"
-    raise ConfigError(msg)
+    """Serve the ranking API (POST /v1/rank, /healthz, /readyz, /metrics, /openapi.json)."""
+    from serving import run
+
+    settings = _settings()
+    console.print(f"serving on http://{host}:{port} (OpenAPI at /docs)")
+    run(settings, host, port)
 
 
 @app.command()
