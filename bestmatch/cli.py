@@ -286,14 +286,14 @@ def serve(
 @app.command()
 @friendly
 def demo(
-    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 7,
-    jobs_per_day: Annotated[int, typer.Option(min=1, help="Jobs posted per day.")] = 300,
+    days: Annotated[int, typer.Option(min=9, help="Days to simulate.")] = 12,
+    jobs_per_day: Annotated[int, typer.Option(min=1, help="Jobs posted per day.")] = 120,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
     rate: Annotated[
         float | None, typer.Option(help="Events/s when streaming the last day (default: max).")
     ] = None,
 ) -> None:
-    """Everything end to end on this machine: simulate, backfill history, stream the last day."""
+    """End to end on this machine: simulate, backfill history, stream the last day, train."""
     from bestmatch.demo import run_demo
 
     run_demo(_settings(), days=days, jobs_per_day=jobs_per_day, seed=seed, rate=rate)

@@ -73,6 +73,19 @@ def run_demo(
 
     with progress("registering the Feast objects (feast apply)"):
         ensure_feast_registry(settings)
+
+    from training.pipeline import train
+
+    with progress("4/4 training the ranker and registering it in MLflow", total=4) as advance:
+        trained = train(settings, events=events, seed=seed, progress=advance)
+    header, rows = trained.evaluation_rows()
+    print_table(
+        "ranker vs baselines (test days): " + " / ".join(header[1:]),
+        [(row[0], " / ".join(row[1:])) for row in rows],
+    )
+    console.print(
+        f"registered {trained.model_name} v{trained.version} → @{trained.alias}: {trained.reason}"
+    )
     console.print(
         f"[bold green]demo done[/] in {time.perf_counter() - started:.0f} s. "
         f"Features: Redis {settings.redis_url.split('@')[-1]}, lake {settings.lake}"
