@@ -105,8 +105,9 @@ def _response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ModelError):
         return _answer(503, [{"field": "", "message": str(exc)}])
     if isinstance(exc, HTTPException):
-        field = "body" if exc.status_code == 413 else ""
-        return _answer(exc.status_code, [{"field": field, "message": str(exc.detail)}])
+        if exc.status_code == 400:  # FastAPI could not read the body (e.g. not UTF-8)
+            return _answer(400, [{"field": "body", "message": "not readable as UTF-8 JSON"}])
+        return _answer(exc.status_code, [{"field": "", "message": str(exc.detail)}])
     log.exception("unexpected error answering %s %s", request.method, request.url.path)
     return _answer(500, [{"field": "", "message": "internal error"}])
 

@@ -17,6 +17,7 @@ from serving.store import RequestFeatures
 router = APIRouter(prefix="/v1", tags=["ranking"])
 
 _ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorAnswer, "description": "The body is not UTF-8 JSON."},
     401: {"model": ErrorAnswer, "description": "An API key is configured and was not given."},
     413: {"model": ErrorAnswer, "description": "The body is too large."},
     422: {"model": ErrorAnswer, "description": "A field is invalid; `detail` names it."},
