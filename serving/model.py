@@ -23,6 +23,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -105,6 +106,8 @@ def _use_registry(settings: Settings) -> str:
     import mlflow
 
     uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):  # a fresh lake: MLflow creates the database, not its folder
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
