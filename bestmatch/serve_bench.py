@@ -1,0 +1,528 @@
+"""`bestmatch bench serve`: the ranking service against what a Feast user would write, side by side.
+
+Both answer the same varied requests (a different job and 50 different freelancers each time,
+drawn from the entities the lake's change logs know) from the same online store (Redis) with the
+same champion model:
+
+- the service: `serving.run` in its own process (uvicorn, one worker), driven over HTTP/1.1
+  keep-alive by a lean client (pre-encoded requests on raw sockets) with 1 client, then with 16
+  concurrent clients;
+- the Feast path: `FeatureStore.get_online_features` for the request's rows (one per proposal, with
+  the job, client and freelancer keys), then the same `request_matrix`, the same booster and a
+  sorted JSON answer, called in this process by 1 and by 16 threads. It has no HTTP at all, so the
+  ratio flatters Feast.
+
+Each side runs for `duration_s` after `warmup_s`; p50/p99 latency and requests per second are
+reported, with the goals, plus the median cost of the service's own steps measured in-process
+(the Redis read, `request_matrix`, the booster) so a reader sees where the time goes. The two
+sides' scores for one request are compared.
+
+It reads what is there and writes nothing but the service's serving log: it needs a backfilled
+store and a registered champion (`bestmatch backfill`, `bestmatch train`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from features.errors import ModelError
+from features.settings import Settings
+
+PROPOSALS = 50
+CLIENTS = (1, 16)
+GOAL_P50_MS = 1.5
+GOAL_P99_MS = 3.0
+GOAL_RPS = 900.0
+GOAL_RATIO = 0.35
+_WORDS = ("python", "sql", "react", "design", "seo", "aws", "data", "go", "writing", "excel")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Latencies (seconds) of every answer of one run, and the run's wall time."""
+
+    latencies: list[float]
+    seconds: float
+    errors: int = 0
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1000
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def line(self) -> str:
+        errors = f", {self.errors} errors" if self.errors else ""
+        return (
+            f"p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.2f} ms, {self.rps:,.0f} req/s "
+            f"({len(self.latencies):,} answers{errors})"
+        )
+
+
+@dataclass(frozen=True)
+class ServeBench:
+    requests: int
+    proposals: int
+    model_version: str
+    service: dict[int, Figures]
+    feast: dict[int, Figures]
+    steps: dict[str, float]  # median ms of each step
+    same_scores: bool
+
+    @property
+    def ratio(self) -> float:
+        """Service p50 / Feast-path p50, one client."""
+        return self.service[1].p50_ms / self.feast[1].p50_ms
+
+    def rows(self) -> list[tuple[str, str]]:
+        one, many = self.service[min(self.service)], self.service[max(self.service)]
+        saturated = max(f.rps for f in self.service.values())
+        return [
+            ("requests", f"{self.requests:,} distinct, {self.proposals} proposals each"),
+            ("model", f"bestmatch-ranker v{self.model_version}"),
+            *(
+                (f"service, {n} client{'s' if n > 1 else ''}", f.line())
+                for n, f in sorted(self.service.items())
+            ),
+            *(
+                (f"Feast path, {n} thread{'s' if n > 1 else ''}", f.line())
+                for n, f in sorted(self.feast.items())
+            ),
+            (
+                "goal: 1 client",
+                f"p50 {one.p50_ms:.2f} ms (<= {GOAL_P50_MS:g}), "
+                f"p99 {one.p99_ms:.2f} ms (<= {GOAL_P99_MS:g})",
+            ),
+            ("goal: saturated", f"{saturated:,.0f} req/s (>= {GOAL_RPS:,.0f})"),
+            ("ratio p50 (service / Feast), 1 client", f"{self.ratio:.2f}x (<= {GOAL_RATIO:g}x)"),
+            (
+                "ratio p50, concurrent",
+                f"{many.p50_ms / self.feast[max(self.feast)].p50_ms:.2f}x",
+            ),
+            *(
+                (f"in-process: {step}", f"{ms:.3f} ms (median)")
+                for step, ms in self.steps.items()
+            ),
+            ("same scores on both paths", "yes" if self.same_scores else "NO"),
+        ]
+
+
+# --- requests ------------------------------------------------------------------------------------
+
+
+def entity_ids(settings: Settings, entity: Any) -> list[str]:
+    """The ids the lake's change log knows for an entity (what the online store holds)."""
+    import polars as pl
+
+    from features.offline_layout import changelog_uri
+
+    frame = pl.read_delta(changelog_uri(settings, entity), columns=[entity.join_key])
+    return sorted(frame[entity.join_key].unique().to_list())
+
+
+def make_requests(
+    settings: Settings, count: int, proposals: int, seed: int
+) -> list[dict[str, Any]]:
+    from features.specs import CLIENT, FREELANCER, JOB
+
+    rng = random.Random(seed)
+    jobs, clients = entity_ids(settings, JOB), entity_ids(settings, CLIENT)
+    freelancers = entity_ids(settings, FREELANCER)
+    if not jobs or len(freelancers) < proposals:
+        msg = (
+            f"the lake knows {len(jobs)} jobs and {len(freelancers)} freelancers: "
+            f"backfill a market with at least {proposals} freelancers first"
+        )
+        raise ModelError(msg)
+    out = []
+    for n in range(count):
+        chosen = rng.sample(freelancers, proposals)
+        out.append(
+            {
+                "job_id": rng.choice(jobs),
+                "client_id": rng.choice(clients) if clients else None,
+                "proposals": [
+                    {
+                        "proposal_id": f"bench-{n}-{i}",
+                        "freelancer_id": f,
+                        "bid_amount": round(rng.lognormvariate(3.8, 0.6), 2),
+                        "cover_letter": " ".join(rng.choices(_WORDS, k=rng.randint(5, 60))),
+                    }
+                    for i, f in enumerate(chosen)
+                ],
+            }
+        )
+    return out
+
+
+# --- the service over HTTP -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _http_request(port: int, body: bytes, api_key: str | None) -> bytes:
+    auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
+    head = (
+        f"POST /v1/rank HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{auth}\r\n"
+    )
+    return head.encode() + body
+
+
+def _status_and_length(head: bytes) -> tuple[int, int]:
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return status, int(value)
+    return status, 0
+
+
+class _Connection:
+    """One keep-alive connection: send a request, read one answer (blocking)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def ask(self, raw: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(raw)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        status, length = _status_and_length(head)
+        while len(rest) < length:
+            rest += self._recv()
+        self.buffer = rest[length:]
+        return status, rest[:length]
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            msg = "the service closed the connection"
+            raise ConnectionError(msg)
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def drive_one(port: int, raws: Sequence[bytes], seconds: float) -> Figures:
+    """One client, one request after the other."""
+    conn = _Connection(port)
+    latencies, errors = [], 0
+    started = time.perf_counter()
+    i = 0
+    while time.perf_counter() - started < seconds:
+        t = time.perf_counter()
+        status, _ = conn.ask(raws[i % len(raws)])
+        latencies.append(time.perf_counter() - t)
+        errors += status != 200
+        i += 1
+    wall = time.perf_counter() - started
+    conn.close()
+    return Figures(latencies, wall, errors)
+
+
+def drive_many(port: int, raws: Sequence[bytes], seconds: float, clients: int) -> Figures:
+    """`clients` concurrent keep-alive connections on one asyncio loop."""
+
+    async def client(k: int, deadline: float, out: list[float], errors: list[int]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        i = k * 7919
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            writer.write(raws[i % len(raws)])
+            head = await reader.readuntil(b"\r\n\r\n")
+            status, length = _status_and_length(head[:-4])
+            await reader.readexactly(length)
+            out.append(time.perf_counter() - t)
+            if status != 200:
+                errors.append(status)
+            i += 1
+        writer.close()
+
+    async def main() -> Figures:
+        out: list[float] = []
+        errors: list[int] = []
+        started = time.perf_counter()
+        deadline = started + seconds
+        await asyncio.gather(*(client(k, deadline, out, errors) for k in range(clients)))
+        return Figures(out, time.perf_counter() - started, len(errors))
+
+    return asyncio.run(main())
+
+
+def serve_child() -> None:
+    """The service's process: settings, port and log rate come as JSON on stdin."""
+    from serving import ServingSettings, run
+
+    given = orjson.loads(sys.stdin.buffer.read())
+    settings = Settings(**given["settings"], _env_file=None)  # type: ignore[call-arg]
+    config = ServingSettings(log_rate=given["log_rate"])
+    run(settings, "127.0.0.1", given["port"], serving=config, log_level="warning")
+
+
+def start_service(settings: Settings, port: int, log_rate: float) -> subprocess.Popen[bytes]:
+    code = "from bestmatch.serve_bench import serve_child; serve_child()"
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    given = {"settings": settings.model_dump(), "port": port, "log_rate": log_rate}
+    assert process.stdin is not None
+    process.stdin.write(orjson.dumps(given))
+    process.stdin.close()
+    return process
+
+
+def _wait_ready(
+    port: int, process: subprocess.Popen[bytes], timeout_s: float = 300.0
+) -> dict[str, Any]:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            msg = "the service stopped while starting (see its log above)"
+            raise ModelError(msg)
+        try:
+            answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+            body: dict[str, Any] = answer.json()
+            if answer.status_code == 200:
+                return body
+            if body.get("model") is None and "no model" in " ".join(body.get("reasons", [])):
+                msg = f"the service has no model: {body['reasons']} (run `bestmatch train`)"
+                raise ModelError(msg)
+        except (httpx.HTTPError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            msg = f"the service was not ready after {timeout_s:.0f} s"
+            raise ModelError(msg)
+        time.sleep(0.2)
+
+
+# --- the Feast path ------------------------------------------------------------------------------
+
+
+class FeastRanker:
+    """What a Feast user writes: `get_online_features`, the shared request features, the model."""
+
+    def __init__(self, store: Any, booster: Any) -> None:
+        from features.feast_repo import feature_refs
+        from features.ranking import STORE_FEATURES
+
+        self.store = store
+        self.booster = booster
+        wanted = set(STORE_FEATURES)
+        self.refs = [ref for ref in feature_refs() if ref.split(":", 1)[1] in wanted]
+
+    def rank(self, request: dict[str, Any]) -> bytes:
+        from features.ranking import RequestProposal, request_matrix
+        from features.specs import FEATURES_BY_NAME, FREELANCER
+
+        proposals = request["proposals"]
+        rows = [
+            {
+                "job_id": request["job_id"],
+                "client_id": request.get("client_id") or "",
+                "freelancer_id": p["freelancer_id"],
+            }
+            for p in proposals
+        ]
+        online = self.store.get_online_features(features=self.refs, entity_rows=rows).to_dict()
+        names = [ref.split(":", 1)[1] for ref in self.refs]
+        fl = [n for n in names if FEATURES_BY_NAME[n].entity == FREELANCER]
+        job = {n: online[n][0] for n in names if n not in fl}
+        inputs = [
+            RequestProposal(p["bid_amount"], p["cover_letter"], {n: online[n][i] for n in fl})
+            for i, p in enumerate(proposals)
+        ]
+        scores = self.booster.predict(request_matrix(job, inputs), num_threads=1)
+        order = np.argsort(-scores, kind="stable")
+        ranked = [
+            {
+                "proposal_id": proposals[i]["proposal_id"],
+                "freelancer_id": proposals[i]["freelancer_id"],
+                "rank": r + 1,
+                "score": float(scores[i]),
+            }
+            for r, i in enumerate(order.tolist())
+        ]
+        return orjson.dumps({"job_id": request["job_id"], "ranked": ranked})
+
+
+def time_calls(
+    call: Callable[[dict[str, Any]], Any],
+    requests: Sequence[dict[str, Any]],
+    seconds: float,
+    threads: int,
+) -> Figures:
+    """`threads` threads calling `call` on the requests in turn for `seconds`."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    def worker(k: int) -> None:
+        mine = []
+        i = k * 7919
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            call(requests[i % len(requests)])
+            mine.append(time.perf_counter() - t)
+            i += 1
+        with lock:
+            latencies.extend(mine)
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return Figures(latencies, time.perf_counter() - started)
+
+
+# --- the service's own steps, in-process ---------------------------------------------------------
+
+
+def step_costs(
+    settings: Settings, model: Any, requests: Sequence[dict[str, Any]]
+) -> dict[str, float]:
+    """Median ms of each step of `POST /v1/rank`, over the requests (no HTTP)."""
+    from features.ranking import RequestProposal, request_matrix
+    from serving.ranker import freelancer_values, job_values, rank_proposals
+    from serving.schemas import RankRequest
+    from serving.store import FeatureReader, connect
+
+    reader = FeatureReader(connect(settings.redis_url, 1.0), settings.feast_project, 0.0)
+    costs: dict[str, list[float]] = {
+        "parse + validate": [],
+        "Redis read (one round trip)": [],
+        "request_matrix (features.ranking)": [],
+        "booster.predict": [],
+        "whole step (read, features, score, JSON)": [],
+    }
+    for request in [*requests[:20], *requests]:  # the first 20 warm up, and are timed again
+        raw = orjson.dumps(request)
+        t0 = time.perf_counter()
+        body = RankRequest.model_validate(orjson.loads(raw))
+        t1 = time.perf_counter()
+        found = reader.read(body.job_id, body.client_id, [p.freelancer_id for p in body.proposals])
+        t2 = time.perf_counter()
+        fl = freelancer_values(found)
+        inputs = [
+            RequestProposal(p.bid_amount, p.cover_letter, fl[p.freelancer_id])
+            for p in body.proposals
+        ]
+        matrix = request_matrix(job_values(found), inputs)
+        t3 = time.perf_counter()
+        model.predict(matrix)
+        t4 = time.perf_counter()
+        found = reader.read(body.job_id, body.client_id, [p.freelancer_id for p in body.proposals])
+        rank_proposals(model, body, found)
+        t5 = time.perf_counter()
+        for values, cost in zip(
+            costs.values(), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
+        ):
+            values.append(cost)
+    reader.close()
+    return {name: statistics.median(values[20:]) * 1000 for name, values in costs.items()}
+
+
+def _scores(answer: bytes) -> dict[str, float]:
+    return {r["proposal_id"]: r["score"] for r in orjson.loads(answer)["ranked"]}
+
+
+# --- the whole bench -----------------------------------------------------------------------------
+
+
+def bench_serve(
+    settings: Settings,
+    *,
+    proposals: int = PROPOSALS,
+    requests: int = 500,
+    clients: Sequence[int] = CLIENTS,
+    duration_s: float = 10.0,
+    warmup_s: float = 2.0,
+    log_rate: float = 0.1,
+    seed: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> ServeBench:
+    """Time the service and the Feast path on the same requests; check they score alike."""
+    say = progress or (lambda _message: None)
+    say("building requests from the lake's entities")
+    bodies = make_requests(settings, requests, proposals, seed)
+    port = _free_port()
+    say(f"starting the service on port {port}")
+    process = start_service(settings, port, log_rate)
+    try:
+        ready = _wait_ready(port, process)
+        version = str(ready["model"]["version"])
+        raws = [_http_request(port, orjson.dumps(b), settings.api_key) for b in bodies]
+        service: dict[int, Figures] = {}
+        for n in clients:
+            say(f"service: {n} client(s), {duration_s:g} s")
+            for seconds in (warmup_s, duration_s):  # the warm-up's figures are dropped
+                if n == 1:
+                    service[n] = drive_one(port, raws, seconds)
+                else:
+                    service[n] = drive_many(port, raws, seconds, n)
+        conn = _Connection(port)
+        status, served = conn.ask(raws[0])
+        conn.close()
+    finally:
+        process.terminate()  # uvicorn shuts down cleanly: the serving log is flushed
+        process.wait(timeout=60)
+    if status != 200:
+        msg = f"the service answered {status}: {served[:300]!r}"
+        raise ModelError(msg)
+
+    say("loading the model and Feast (slow import)")
+    from serving.model import load_version
+    from training.feast_reference import feast_store
+
+    model = load_version(settings, version)
+    with tempfile.TemporaryDirectory(prefix="bestmatch-feast-") as workdir:
+        store = feast_store(settings, Path(workdir))
+        feast = FeastRanker(store, model.booster)
+        feast_scores = _scores(feast.rank(bodies[0]))
+        served_scores = _scores(served)
+        same = feast_scores.keys() == served_scores.keys() and all(
+            abs(feast_scores[k] - served_scores[k]) <= 1e-9 for k in feast_scores
+        )
+        figures: dict[int, Figures] = {}
+        for n in clients:
+            say(f"Feast path: {n} thread(s), {duration_s:g} s")
+            time_calls(feast.rank, bodies, warmup_s, n)
+            figures[n] = time_calls(feast.rank, bodies, duration_s, n)
+    say("timing the service's steps in-process")
+    steps = step_costs(settings, model, bodies[: min(len(bodies), 300)])
+    return ServeBench(requests, proposals, version, service, figures, steps, same)
