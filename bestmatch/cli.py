@@ -299,6 +299,7 @@ def demo(
     run_demo(_settings(), days=days, jobs_per_day=jobs_per_day, seed=seed, rate=rate)
 
 
+import bestmatch.bench_serving  # noqa: E402, F401  (registers `bestmatch bench serve`)
 import bestmatch.bench_training  # noqa: E402, F401  (registers `bestmatch bench training`)
 
 if __name__ == "__main__":

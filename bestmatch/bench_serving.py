@@ -1,0 +1,33 @@
+"""`bestmatch bench serve`: /v1/rank beside Feast's get_online_features + the model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bestmatch.bench import bench_app
+from bestmatch.console import console, friendly, print_table
+
+
+@bench_app.command("serve")
+@friendly
+def bench_serving(
+    proposals: Annotated[int, typer.Option(min=1, max=500, help="Proposals per request.")] = 50,
+    requests: Annotated[int, typer.Option(min=1, help="Distinct requests to cycle.")] = 500,
+    duration: Annotated[float, typer.Option(help="Seconds per client count.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the requests.")] = 1,
+) -> None:
+    """Ranking latency at 1 and 16 clients, side by side with the Feast client path."""
+    from bestmatch.cli import _settings
+    from bestmatch.serve_bench import bench_serve
+
+    report = bench_serve(
+        _settings(),
+        proposals=proposals,
+        requests=requests,
+        duration_s=duration,
+        seed=seed,
+        progress=console.print,
+    )
+    print_table("POST /v1/rank vs Feast get_online_features + model", report.rows())
