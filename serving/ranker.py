@@ -24,14 +24,9 @@ import numpy as np
 import orjson
 
 from features.ranking import MODEL_FEATURES, RequestProposal, request_matrix
-from features.specs import CLIENT, FREELANCER, JOB, features_of
 from serving.model import LoadedRanker
 from serving.schemas import RankRequest
 from serving.store import RequestFeatures
-
-JOB_FEATURES = tuple(s.name for s in features_of(JOB))
-CLIENT_FEATURES = tuple(s.name for s in features_of(CLIENT))
-FREELANCER_FEATURES = tuple(s.name for s in features_of(FREELANCER))
 
 
 def best_match_count(n: int, share: float, cap: int) -> int:
@@ -41,18 +36,14 @@ def best_match_count(n: int, share: float, cap: int) -> int:
 def job_values(found: RequestFeatures) -> dict[str, Any]:
     """The job's and its client's store values by feature name (absent: not there)."""
     values: dict[str, Any] = {}
-    if found.job is not None:
-        values.update(zip(JOB_FEATURES, found.job.values, strict=True))
-    if found.client is not None:
-        values.update(zip(CLIENT_FEATURES, found.client.values, strict=True))
+    for stamped in (found.job, found.client):
+        if stamped is not None:
+            values.update(stamped.values)
     return values
 
 
 def freelancer_values(found: RequestFeatures) -> dict[str, dict[str, Any]]:
-    return {
-        fid: dict(zip(FREELANCER_FEATURES, s.values, strict=True)) if s is not None else {}
-        for fid, s in found.freelancers.items()
-    }
+    return {fid: s.values if s is not None else {} for fid, s in found.freelancers.items()}
 
 
 @dataclass(frozen=True)

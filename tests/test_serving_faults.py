@@ -131,7 +131,10 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
 @pytest.fixture(scope="module")
 def settings_(tmp_path_factory: pytest.TempPathFactory, own_redis: OwnRedis) -> Settings:
     lake = tmp_path_factory.mktemp("faults") / "lake"
-    settings = Settings(redis_url=own_redis.url, lake=str(lake), _env_file=None)
+    tracking = f"sqlite:///{lake / 'mlflow.db'}"  # explicit: earlier tests export another
+    settings = Settings(
+        redis_url=own_redis.url, lake=str(lake), mlflow_tracking_uri=tracking, _env_file=None
+    )
     fill(settings.redis_url, settings.feast_project)
     return settings
 
