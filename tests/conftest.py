@@ -120,3 +120,22 @@ def feast_store(tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPa
         store, settings.feast_project, store.registry, contents, skip_source_validation=False
     )
     return FeatureStore(repo_path=str(repo))
+
+
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_env_per_module() -> Iterator[None]:
+    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI, which `Settings` reads: without
+    this, one test's tracking store would leak into the next module's settings."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in _MLFLOW_ENV:
+            patch.delenv(name, raising=False)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_env_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _MLFLOW_ENV:
+        monkeypatch.delenv(name, raising=False)
