@@ -54,7 +54,8 @@ class ServingMetrics:
         self.missing = {e.name: missing.labels(e.name) for e in ENTITIES}
         ages = Histogram(
             "bestmatch_feature_age_seconds",
-            "Age of the features served: now minus the time of each entity's last change.",
+            "Age of the features served: now minus the time of the entity's last change "
+            "(per answer: the job, the client, the oldest freelancer).",
             ["entity"],
             buckets=_AGES,
             registry=r,
