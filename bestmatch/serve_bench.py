@@ -12,10 +12,12 @@ same champion model:
   sorted JSON answer, called in this process by 1 and by 16 threads. It has no HTTP at all, so the
   ratio flatters Feast.
 
-Each side runs for `duration_s` after `warmup_s`; p50/p99 latency and requests per second are
-reported, with the goals, plus the median cost of the service's own steps measured in-process
-(the Redis read, `request_matrix`, the booster) so a reader sees where the time goes. The two
-sides' scores for one request are compared.
+Each setting runs `rounds` times for `duration_s` (after a warm-up), the two sides taking turns so
+a burst of load elsewhere on the (shared) machine hits both; the medians of p50, p99 and requests
+per second are reported, with the goals, and the CPU each answer cost the answering process (robust
+to that load). The service's own steps are timed in-process too (CPU: the Redis read,
+`request_matrix`, the booster), so a reader sees where the time goes; and the two sides' scores
+for one request are compared.
 
 It reads what is there and writes nothing but the service's serving log: it needs a backfilled
 store and a registered champion (`bestmatch backfill`, `bestmatch train`).
@@ -24,6 +26,8 @@ store and a registered champion (`bestmatch backfill`, `bestmatch train`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import random
 import socket
 import statistics
@@ -54,11 +58,13 @@ _WORDS = ("python", "sql", "react", "design", "seo", "aws", "data", "go", "writi
 
 @dataclass(frozen=True)
 class Figures:
-    """Latencies (seconds) of every answer of one run, and the run's wall time."""
+    """One run: the latency (seconds) of every answer, the wall time, the CPU the answering
+    process used (None where it cannot be read)."""
 
     latencies: list[float]
     seconds: float
     errors: int = 0
+    cpu_s: float | None = None
 
     @property
     def p50_ms(self) -> float:
@@ -73,11 +79,46 @@ class Figures:
     def rps(self) -> float:
         return len(self.latencies) / self.seconds
 
+    @property
+    def cpu_ms(self) -> float | None:
+        """CPU per answer, in ms: what the answers cost, whatever else the machine runs."""
+        return None if self.cpu_s is None else self.cpu_s * 1000 / max(1, len(self.latencies))
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Repeated runs of one setting (the machine is shared): medians of their figures."""
+
+    runs: list[Figures]
+
+    def _median(self, values: Sequence[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(f.p50_ms for f in self.runs)
+
+    @property
+    def p99_ms(self) -> float:
+        return statistics.median(f.p99_ms for f in self.runs)
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(f.rps for f in self.runs)
+
+    @property
+    def cpu_ms(self) -> float | None:
+        return self._median([f.cpu_ms for f in self.runs])
+
     def line(self) -> str:
-        errors = f", {self.errors} errors" if self.errors else ""
+        answers = sum(len(f.latencies) for f in self.runs)
+        errors = sum(f.errors for f in self.runs)
+        cpu = f", CPU {self.cpu_ms:.2f} ms/answer" if self.cpu_ms is not None else ""
+        more = f", {errors} errors" if errors else ""
         return (
-            f"p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.2f} ms, {self.rps:,.0f} req/s "
-            f"({len(self.latencies):,} answers{errors})"
+            f"p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.2f} ms, {self.rps:,.0f} req/s{cpu} "
+            f"(median of {len(self.runs)} runs, {answers:,} answers{more})"
         )
 
 
@@ -86,8 +127,8 @@ class ServeBench:
     requests: int
     proposals: int
     model_version: str
-    service: dict[int, Figures]
-    feast: dict[int, Figures]
+    service: dict[int, Runs]
+    feast: dict[int, Runs]
     steps: dict[str, float]  # median ms of each step
     same_scores: bool
 
@@ -122,7 +163,7 @@ class ServeBench:
                 f"{many.p50_ms / self.feast[max(self.feast)].p50_ms:.2f}x",
             ),
             *(
-                (f"in-process: {step}", f"{ms:.3f} ms (median)")
+                (f"in-process CPU: {step}", f"{ms:.3f} ms (median)")
                 for step, ms in self.steps.items()
             ),
             ("same scores on both paths", "yes" if self.same_scores else "NO"),
@@ -416,7 +457,9 @@ def time_calls(
 def step_costs(
     settings: Settings, model: Any, requests: Sequence[dict[str, Any]]
 ) -> dict[str, float]:
-    """Median ms of each step of `POST /v1/rank`, over the requests (no HTTP)."""
+    """Median CPU ms of each step of `POST /v1/rank`, over the requests (no HTTP). CPU time of
+    this process (polars works in threads of its own), so another process taking the core does
+    not count."""
     from features.ranking import RequestProposal, request_matrix
     from serving.ranker import freelancer_values, job_values, rank_proposals
     from serving.schemas import RankRequest
@@ -432,23 +475,23 @@ def step_costs(
     }
     for request in [*requests[:20], *requests]:  # the first 20 warm up, and are timed again
         raw = orjson.dumps(request)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         body = RankRequest.model_validate(orjson.loads(raw))
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         found = reader.read(body.job_id, body.client_id, [p.freelancer_id for p in body.proposals])
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         fl = freelancer_values(found)
         inputs = [
             RequestProposal(p.bid_amount, p.cover_letter, fl[p.freelancer_id])
             for p in body.proposals
         ]
         matrix = request_matrix(job_values(found), inputs)
-        t3 = time.perf_counter()
+        t3 = time.process_time()
         model.predict(matrix)
-        t4 = time.perf_counter()
+        t4 = time.process_time()
         found = reader.read(body.job_id, body.client_id, [p.freelancer_id for p in body.proposals])
         rank_proposals(model, body, found)
-        t5 = time.perf_counter()
+        t5 = time.process_time()
         for values, cost in zip(
             costs.values(), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
         ):
@@ -464,65 +507,106 @@ def _scores(answer: bytes) -> dict[str, float]:
 # --- the whole bench -----------------------------------------------------------------------------
 
 
+def _process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux `/proc`; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _drive(port: int, pid: int, raws: Sequence[bytes], seconds: float, clients: int) -> Figures:
+    before = _process_cpu_s(pid)
+    if clients == 1:
+        figures = drive_one(port, raws, seconds)
+    else:
+        figures = drive_many(port, raws, seconds, clients)
+    after = _process_cpu_s(pid)
+    cpu = after - before if after is not None and before is not None else None
+    return dataclasses.replace(figures, cpu_s=cpu)
+
+
+def _call(
+    call: Callable[[dict[str, Any]], Any],
+    bodies: Sequence[dict[str, Any]],
+    seconds: float,
+    threads: int,
+) -> Figures:
+    before = time.process_time()
+    figures = time_calls(call, bodies, seconds, threads)
+    return dataclasses.replace(figures, cpu_s=time.process_time() - before)
+
+
 def bench_serve(
     settings: Settings,
     *,
     proposals: int = PROPOSALS,
     requests: int = 500,
     clients: Sequence[int] = CLIENTS,
-    duration_s: float = 10.0,
+    duration_s: float = 5.0,
+    rounds: int = 3,
     warmup_s: float = 2.0,
     log_rate: float = 0.1,
     seed: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> ServeBench:
-    """Time the service and the Feast path on the same requests; check they score alike."""
+    """Time the service and the Feast path on the same requests; check they score alike.
+
+    Each setting (side, number of clients) runs `rounds` times for `duration_s`, the sides taking
+    turns, so a burst of load elsewhere on the machine hits both; medians are reported.
+    """
     say = progress or (lambda _message: None)
     say("building requests from the lake's entities")
     bodies = make_requests(settings, requests, proposals, seed)
     port = _free_port()
     say(f"starting the service on port {port}")
     process = start_service(settings, port, log_rate)
+    service: dict[int, list[Figures]] = {n: [] for n in clients}
+    feast: dict[int, list[Figures]] = {n: [] for n in clients}
     try:
         ready = _wait_ready(port, process)
         version = str(ready["model"]["version"])
         raws = [_http_request(port, orjson.dumps(b), settings.api_key) for b in bodies]
-        service: dict[int, Figures] = {}
-        for n in clients:
-            say(f"service: {n} client(s), {duration_s:g} s")
-            for seconds in (warmup_s, duration_s):  # the warm-up's figures are dropped
-                if n == 1:
-                    service[n] = drive_one(port, raws, seconds)
-                else:
-                    service[n] = drive_many(port, raws, seconds, n)
         conn = _Connection(port)
         status, served = conn.ask(raws[0])
         conn.close()
+        if status != 200:
+            msg = f"the service answered {status}: {served[:300]!r}"
+            raise ModelError(msg)
+
+        say("loading the model; timing the service's steps in-process")
+        from serving.model import load_version
+
+        model = load_version(settings, version)
+        steps = step_costs(settings, model, bodies[: min(len(bodies), 300)])
+
+        say("loading Feast (a slow import)")
+        from training.feast_reference import feast_store
+
+        with tempfile.TemporaryDirectory(prefix="bestmatch-feast-") as workdir:
+            ranker = FeastRanker(feast_store(settings, Path(workdir)), model.booster)
+            feast_scores, served_scores = _scores(ranker.rank(bodies[0])), _scores(served)
+            same = feast_scores.keys() == served_scores.keys() and all(
+                abs(feast_scores[k] - served_scores[k]) <= 1e-9 for k in feast_scores
+            )
+            for n in clients:  # warm-ups, not counted
+                _drive(port, process.pid, raws, warmup_s, n)
+                _call(ranker.rank, bodies, warmup_s, n)
+            for round_ in range(1, rounds + 1):
+                for n in clients:
+                    say(f"round {round_}/{rounds}: {n} client(s), {duration_s:g} s each side")
+                    service[n].append(_drive(port, process.pid, raws, duration_s, n))
+                    feast[n].append(_call(ranker.rank, bodies, duration_s, n))
     finally:
         process.terminate()  # uvicorn shuts down cleanly: the serving log is flushed
         process.wait(timeout=60)
-    if status != 200:
-        msg = f"the service answered {status}: {served[:300]!r}"
-        raise ModelError(msg)
-
-    say("loading the model and Feast (slow import)")
-    from serving.model import load_version
-    from training.feast_reference import feast_store
-
-    model = load_version(settings, version)
-    with tempfile.TemporaryDirectory(prefix="bestmatch-feast-") as workdir:
-        store = feast_store(settings, Path(workdir))
-        feast = FeastRanker(store, model.booster)
-        feast_scores = _scores(feast.rank(bodies[0]))
-        served_scores = _scores(served)
-        same = feast_scores.keys() == served_scores.keys() and all(
-            abs(feast_scores[k] - served_scores[k]) <= 1e-9 for k in feast_scores
-        )
-        figures: dict[int, Figures] = {}
-        for n in clients:
-            say(f"Feast path: {n} thread(s), {duration_s:g} s")
-            time_calls(feast.rank, bodies, warmup_s, n)
-            figures[n] = time_calls(feast.rank, bodies, duration_s, n)
-    say("timing the service's steps in-process")
-    steps = step_costs(settings, model, bodies[: min(len(bodies), 300)])
-    return ServeBench(requests, proposals, version, service, figures, steps, same)
+    return ServeBench(
+        requests,
+        proposals,
+        version,
+        {n: Runs(runs) for n, runs in service.items()},
+        {n: Runs(runs) for n, runs in feast.items()},
+        steps,
+        same,
+    )
