@@ -17,6 +17,7 @@ because lambdarank scores are only comparable within one request, not across job
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ def job_values(found: RequestFeatures) -> dict[str, Any]:
     return values
 
 
-def freelancer_values(found: RequestFeatures) -> dict[str, dict[str, Any]]:
+def freelancer_values(found: RequestFeatures) -> dict[str, Mapping[str, Any]]:
     return {fid: s.values if s is not None else {} for fid, s in found.freelancers.items()}
 
 
@@ -52,7 +53,7 @@ class Ranking:
 
     body: bytes
     job: dict[str, Any]
-    freelancers: dict[str, dict[str, Any]]
+    freelancers: dict[str, Mapping[str, Any]]
     scores: np.ndarray
     ranks: np.ndarray  # rank of each proposal, in request order
 

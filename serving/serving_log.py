@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +65,7 @@ class ServedRequest:
     model_version: str
     degraded: bool
     job: dict[str, Any]
-    freelancers: dict[str, dict[str, Any]]
+    freelancers: dict[str, Mapping[str, Any]]
     scores: np.ndarray
     ranks: np.ndarray
 

@@ -40,7 +40,7 @@ from schemathesis.checks import (
 from bestmatch.marketplace import simulate
 from features.errors import ModelError
 from features.offline_layout import TIMESTAMP_COLUMN
-from features.online_layout import read_entities
+from features.online_layout import EntityUpdate, read_entities, write_entities
 from features.ranking import MODEL_FEATURES, STORE_FEATURES
 from features.settings import Settings
 from features.specs import CLIENT, FREELANCER, JOB, features_of
@@ -49,7 +49,7 @@ from serving import ServingSettings, create_app
 from serving.ranker import best_match_count
 from serving.serving_log import serving_log_uri
 from serving.state import open_state
-from serving.store import connect, read_stamped
+from serving.store import FeatureReader, connect, read_stamped
 from tests.conftest import RedisServer, free_port
 from training import registry
 from training.dataset import build_training_set
@@ -320,6 +320,21 @@ def test_the_online_read_equals_the_layouts_reader_on_the_model_features(market:
         assert mine is not None and mine.stamp_us is not None and mine.stamp_us <= market.moment
         every = dict(zip((spec.name for spec in features_of(entity)), theirs, strict=True))
         assert mine.values == {n: v for n, v in every.items() if n in STORE_FEATURES}
+
+
+def test_a_changed_entity_is_read_anew(redis_server: RedisServer) -> None:
+    """Decoded entities are remembered by their raw reply: a change (new bytes) is a new read."""
+    url = f"{redis_server.url.rsplit('/', 1)[0]}/15"
+    raw = redis.Redis.from_url(url)
+    raw.flushdb()
+    reader = FeatureReader(connect(url, 1.0), "p", retry_s=0.0)
+    names = [spec.name for spec in features_of(CLIENT)]
+    for stamp, values in ((1_000_000, [1, 0]), (2_000_000, [2, 1]), (2_000_000, [3, 1])):
+        write_entities(raw, "p", [EntityUpdate(CLIENT, "c-1", values, stamp)])
+        found = reader.read("j-none", "c-1", ["f-none"]).client
+        assert found is not None
+        assert dict(found.values) == dict(zip(names, values, strict=True))
+        assert found.stamp_us == stamp
 
 
 def test_unknown_entities_are_scored_with_missing_values_and_named(
