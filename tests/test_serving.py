@@ -450,6 +450,11 @@ def test_a_body_that_is_not_utf8_gets_400_naming_the_body(http: httpx.Client) ->
     assert answer.json()["detail"].startswith("body:")
 
 
+def test_an_integer_bid_is_a_number(http: httpx.Client) -> None:
+    answer = http.post("/v1/rank", json=_proposal(bid_amount=45))
+    assert answer.status_code == 200, answer.text
+
+
 def test_an_oversized_body_gets_413_with_or_without_a_length(http: httpx.Client) -> None:
     big = b'{"job_id": "' + b"j" * (7 * 1024 * 1024) + b'"}'
     answer = http.post("/v1/rank", content=big, headers={"content-type": "application/json"})
