@@ -5,7 +5,8 @@
     ├── InvalidEventError     an event breaks CONTRACT §1 (carries the field and the reason)
     ├── StoreError            an online/offline store is unreachable or holds something unexpected
     ├── FlowError             the feature flow stopped abnormally
-    └── ModelError            no registered model, or one whose feature list does not match
+    ├── ModelError            no registered model, or one whose feature list does not match
+    └── ServiceError          the ranking service could not start or answer (demo, benchmarks)
 
 Bad *data* in a flow is not raised: it becomes a dead letter. These exceptions are for callers
 (commands, the service) that must stop and say one clear line.
@@ -41,3 +42,7 @@ class FlowError(BestMatchError):
 
 class ModelError(BestMatchError):
     """The ranking model cannot be loaded or does not fit the features."""
+
+
+class ServiceError(BestMatchError):
+    """The ranking service, run as a child process, could not start or answer."""
