@@ -473,7 +473,8 @@ def step_costs(
         "booster.predict": [],
         "whole step (read, features, score, JSON)": [],
     }
-    for request in [*requests[:20], *requests]:  # the first 20 warm up, and are timed again
+    warm = min(20, len(requests))
+    for request in [*requests[:warm], *requests]:  # the first ones warm up, and are timed again
         raw = orjson.dumps(request)
         t0 = time.process_time()
         body = RankRequest.model_validate(orjson.loads(raw))
@@ -497,7 +498,7 @@ def step_costs(
         ):
             values.append(cost)
     reader.close()
-    return {name: statistics.median(values[20:]) * 1000 for name, values in costs.items()}
+    return {name: statistics.median(values[warm:]) * 1000 for name, values in costs.items()}
 
 
 def _scores(answer: bytes) -> dict[str, float]:
