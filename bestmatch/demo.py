@@ -218,15 +218,18 @@ def run_demo(
             "lake": settings.lake,
         }
     }
-    note = ensure_redis(settings.redis_url, Path(settings.lake_path("redis")))
+    # The demo's own files (events, logs, the report) stay on this machine, whatever the lake.
+    work = Path(settings.lake_path("demo") if settings.lake_is_local else "bestmatch-demo")
+    work.mkdir(parents=True, exist_ok=True)
+    note = ensure_redis(
+        settings.redis_url, work.parent / "redis" if settings.lake_is_local else work / "redis"
+    )
     if note:
         console.print(note)
     client = redis.Redis.from_url(settings.redis_url)
     cleared = reset_online(client, settings)
     if cleared:
         console.print(f"cleared {cleared:,} entities of an earlier run from Redis")
-    work = Path(settings.lake_path("demo"))
-    work.mkdir(parents=True, exist_ok=True)
     report_dir = report_dir or work / "report"
 
     # 1. simulate

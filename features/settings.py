@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     feast_project: str = "bestmatch"
     allowed_lateness_s: float = 300.0
     api_key: str | None = None
+    checkpoints: str | None = None
+    """A local folder for the flow's recovery checkpoints (default: `<lake>/_checkpoints`, or
+    `./bestmatch-checkpoints` when the lake is an object store)."""
 
     @field_validator("redis_url")
     @classmethod
@@ -51,6 +54,15 @@ class Settings(BaseSettings):
         if self.lake_is_local:
             root = str(Path(root.removeprefix("file://")).resolve())
         return "/".join([root, *parts])
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Where the flow keeps its recovery checkpoints: always on a local disk."""
+        if self.checkpoints:
+            return Path(self.checkpoints).resolve()
+        if self.lake_is_local:
+            return Path(self.lake_path("_checkpoints"))
+        return Path("bestmatch-checkpoints").resolve()
 
     @property
     def tracking_uri(self) -> str:

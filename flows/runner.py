@@ -1,8 +1,9 @@
 """Run the feature flow: backfill (available-now, then stop) or stream (until stopped).
 
-Both keep Bytewax recovery in `<lake>/_checkpoints/features`. A backfill starts it afresh (history
-is recomputed from scratch) and leaves its final state there, so a `stream` started afterwards
-continues from where the backfill's clock stopped; a `stream` killed at any moment resumes from
+Both keep Bytewax recovery in `<checkpoints>/features` (`Settings.checkpoint_root`, a local folder:
+`<lake>/_checkpoints` by default). A backfill starts it afresh (history is recomputed from
+scratch) and leaves its final state there, so a `stream` started afterwards continues from where
+the backfill's clock stopped; a `stream` killed at any moment resumes from
 its last epoch, and the idempotent sinks make the replay invisible.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from features.errors import ConfigError, FlowError
+from features.errors import FlowError
 from features.settings import Settings
 from flows.flow import DEFAULT_SHARDS, build_flow
 from flows.sources import JsonlSource, RedisStreamSource
@@ -29,10 +30,8 @@ RECOVERY_PARTITIONS = 4
 
 
 def checkpoint_dir(settings: Settings) -> Path:
-    if not settings.lake_is_local:
-        msg = "the flow keeps its checkpoints in a local BESTMATCH_LAKE"
-        raise ConfigError(msg)
-    return Path(settings.lake_path("_checkpoints", "features"))
+    """The recovery folder: local, beside a local lake or where `BESTMATCH_CHECKPOINTS` says."""
+    return settings.checkpoint_root / "features"
 
 
 def _recovery(directory: Path, fresh: bool) -> RecoveryConfig:

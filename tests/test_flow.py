@@ -201,3 +201,14 @@ def test_two_processes_equal_one(tmp_path: Path, settings: Settings) -> None:
     path = write_events(tmp_path / "events.jsonl", events)
     run_backfill(settings, path, processes=2, workers=1, shards=4)
     assert changelog(settings) == expected_changelog(events, events[-1].event_time)
+
+
+def test_checkpoints_stay_on_a_local_disk_whatever_the_lake(tmp_path: Path) -> None:
+    from flows.runner import checkpoint_dir
+
+    local = Settings(lake=str(tmp_path / "lake"), _env_file=None)
+    assert checkpoint_dir(local) == tmp_path / "lake" / "_checkpoints" / "features"
+    remote = Settings(lake="s3://bucket/bestmatch", _env_file=None)
+    assert checkpoint_dir(remote) == Path("bestmatch-checkpoints").resolve() / "features"
+    chosen = Settings(lake="s3://bucket/bestmatch", checkpoints=str(tmp_path / "c"), _env_file=None)
+    assert checkpoint_dir(chosen) == tmp_path / "c" / "features"
