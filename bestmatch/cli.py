@@ -239,6 +239,54 @@ def train(
     print_table("training run", report.rows())
 
 
+@app.command()
+@friendly
+def consistency(
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only requests served at or after this time (RFC 3339)."),
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the full report as JSON here.")
+    ] = None,
+    fail_on_mismatch: Annotated[
+        bool, typer.Option(help="Exit 1 unless the verdict is healthy (for CI).")
+    ] = False,
+) -> None:
+    """Recompute logged serving-time features point in time offline; report every difference."""
+    import orjson
+    from rich.table import Table
+
+    from bestmatch.consistency import check_consistency
+
+    settings = _settings()
+    since_us = _time(since, "--since")
+    with progress("recomputing served features from the offline change log"):
+        report = check_consistency(settings, since_us=since_us)
+    header, rows = report.feature_table()
+    table = Table(title="served vs offline, per feature", title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for example in report.examples[:10]:
+        console.print(
+            f"  {example.kind}: {example.feature} of {example.entity} {example.entity_id} "
+            f"at {example.served_at}: served {example.served!r}, offline {example.offline!r}",
+            highlight=False,
+        )
+    if len(report.examples) > 10:
+        console.print(f"  ... {len(report.examples) - 10} more examples in the --json report")
+    print_table("consistency", report.rows())
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
+        console.print(f"report written to {json_file}")
+    if fail_on_mismatch and report.verdict == "inconsistent":
+        raise typer.Exit(1)
+
+
 def _stop_on_signals() -> None:
     """Ctrl-C or SIGTERM stops the stream at once, as a crash would: every change is durable
     or replayed from the last checkpoint on the next start (exactly once either way), and the
