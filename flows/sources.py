@@ -6,6 +6,7 @@ batch), and positions that order them within their partition and resume them aft
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,26 +71,47 @@ def entry_position(entry_id: bytes) -> int:
     return int(ms) * 1_000_000 + int(seq or 0)
 
 
-class _StreamPartition(StatefulSourcePartition[RawBatch, str]):
-    def __init__(self, url: str, key: str, batch_size: int, poll: timedelta, resume: str | None):
+class _StreamPartition(StatefulSourcePartition[RawBatch | End, str]):
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        batch_size: int,
+        poll: timedelta,
+        close_after: timedelta | None,
+        resume: str | None,
+    ):
         self._client = redis.Redis.from_url(url)
         self._key = key
         self._last = resume or "0-0"
         self._batch_size = batch_size
         self._poll = poll
+        self._close_after_s = None if close_after is None else close_after.total_seconds()
         self._awake: datetime | None = None
+        self._open_since: float | None = None  # monotonic time of the first read since a close
 
-    def next_batch(self) -> list[RawBatch]:
+    def next_batch(self) -> list[RawBatch | End]:
         reply: Any = self._client.xread({self._key: self._last}, count=self._batch_size)
         if not reply:
             self._awake = datetime.now(UTC) + self._poll
-            return []
+            return self._quiet()
         self._awake = None
         entries = reply[0][1]
         self._last = entries[-1][0].decode()
         positions = [entry_position(entry_id) for entry_id, _ in entries]
         lines = [fields.get(EVENT_FIELD, b"") for _, fields in entries]
+        self._open_since = time.monotonic()
         return [RawBatch(self._key, positions, lines, positions[0] // 1_000_000)]
+
+    def _quiet(self) -> list[RawBatch | End]:
+        """After `close_after` without a new event, one `End(None)`: the flow closes the current
+        instant, so the change log gets its rows without waiting for the next event."""
+        if self._open_since is None or self._close_after_s is None:
+            return []
+        if time.monotonic() - self._open_since < self._close_after_s:
+            return []
+        self._open_since = None
+        return [End(None)]
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -101,8 +123,15 @@ class _StreamPartition(StatefulSourcePartition[RawBatch, str]):
         self._client.close()
 
 
-class RedisStreamSource(FixedPartitionedSource[RawBatch, str]):
-    """Redis Streams, one partition per stream key, resumed from the last entry id read."""
+class RedisStreamSource(FixedPartitionedSource[RawBatch | End, str]):
+    """Redis Streams, one partition per stream key, resumed from the last entry id read.
+
+    A stream that goes quiet for `close_after` (wall clock) emits one `End(None)`: the flow then
+    closes its current instant, as a file's end does, and the change log receives the rows of
+    that instant; a later event at the very same instant is stamped one microsecond after it.
+    Without this, the offline store would lag the online one by the last instant until the next
+    event arrives. None: never.
+    """
 
     def __init__(
         self,
@@ -110,14 +139,18 @@ class RedisStreamSource(FixedPartitionedSource[RawBatch, str]):
         keys: list[str],
         batch_size: int = 2000,
         poll: timedelta = timedelta(milliseconds=2),
+        close_after: timedelta | None = timedelta(seconds=1),
     ):
         self.url = url
         self.keys = keys
         self.batch_size = batch_size
         self.poll = poll
+        self.close_after = close_after
 
     def list_parts(self) -> list[str]:
         return list(self.keys)
 
     def build_part(self, step_id: str, for_part: str, resume_state: str | None) -> _StreamPartition:
-        return _StreamPartition(self.url, for_part, self.batch_size, self.poll, resume_state)
+        return _StreamPartition(
+            self.url, for_part, self.batch_size, self.poll, self.close_after, resume_state
+        )
