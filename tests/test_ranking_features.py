@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from features.ranking import (
@@ -221,3 +221,63 @@ def test_model_frame_names_missing_input_columns() -> None:
         assert "job_skills" in str(error)
     else:
         raise AssertionError("a missing column must be named")
+
+
+# --- the numpy request path is model_frame, bit for bit -----------------------------------------
+
+# Letters whose lower case is tricky, with their lower cases: final sigma, dotted I, title case,
+# and letters newer than Python's Unicode tables (polars lower-cases them, Python does not).
+ODD = ["Σ", "ΑΣ", "ΟΔΟΣ", "σ", "ς", "İ", "i̇", "ß", "ǅ", "ǆ", "Ⅻ", "é", "É", "🙂", ""]
+ODD += ["\ua7cb", "ɤ", "\U00010d50", "\U00010d70"]
+skill = st.sampled_from([*SKILLS, "Python", "PYTHON", *ODD]) | st.text(max_size=4)
+floats = st.none() | st.floats() | st.sampled_from([0.0, -0.0, -5.0, 1e-310, 45.0])
+
+
+def store_value(name: str) -> st.SearchStrategy[Any]:
+    spec = FEATURES_BY_NAME[name]
+    if spec.categories:
+        return st.none() | st.sampled_from(spec.categories) | st.text(max_size=3)
+    return {
+        Dtype.INT: st.none() | st.integers(-(2**63), 2**63 - 1) | st.integers(0, 30),
+        Dtype.FLOAT: floats,
+        Dtype.BOOL: st.none() | st.booleans(),
+        Dtype.STRINGS: st.none()
+        | st.lists(skill, max_size=5)
+        | st.lists(skill, max_size=5).map(tuple),
+    }[spec.dtype]
+
+
+def entity_values(freelancer: bool) -> st.SearchStrategy[dict[str, Any]]:
+    names = [n for n in STORE_FEATURES if (FEATURES_BY_NAME[n].entity == FREELANCER) == freelancer]
+    return st.just({}) | st.fixed_dictionaries({}, optional={n: store_value(n) for n in names})
+
+
+any_proposal = st.builds(
+    RequestProposal,
+    bid_amount=st.sampled_from([10.0, 20.0, 45.5, 0.01])
+    | st.floats(1e-300, 1e12, allow_nan=False, allow_infinity=False),
+    cover_letter=st.text(max_size=20)
+    | st.lists(skill | st.sampled_from(["I", "know", " "]), max_size=8).map(" ".join),
+    freelancer=entity_values(freelancer=True),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(entity_values(freelancer=False), st.lists(any_proposal, min_size=1, max_size=9))
+@example(  # Unicode 16 letters: polars lower-cases "\ua7cb" to "ɤ", Python 3.11 does not
+    {"job_skills": ["ɤ", "ς", "\U00010d70"]},
+    [RequestProposal(5.0, "\ua7cb ΟΔΟΣ \U00010d50", {}), RequestProposal(5.0, "ɤ", {})],
+)
+def test_request_matrix_is_model_frame_bit_for_bit(
+    job: dict[str, Any], request_proposals: list[RequestProposal]
+) -> None:
+    fast = request_matrix(job, request_proposals)
+    frame = model_matrix(request_frame(job, request_proposals))
+    assert fast.shape == frame.shape and fast.dtype == frame.dtype == np.float64
+    assert fast.flags.c_contiguous
+    missing = np.isnan(frame)
+    for name, column in COLUMN.items():
+        assert (np.isnan(fast[:, column]) == missing[:, column]).all(), name
+        known = ~missing[:, column]
+        fast_bits = fast[known, column].view(np.uint64)
+        assert (fast_bits == frame[known, column].view(np.uint64)).all(), name
