@@ -23,7 +23,15 @@ its group, and compares it column by column: the impact of any store difference 
 model saw. The log keeps no cover letter, so the two cover-letter features are left out.
 
 On a healthy platform every count but `rows` is zero: the online store holds exactly what the
-change log says it held at that moment (CONTRACT §2).
+change log says it held at that moment (CONTRACT §2). Two things to know when reading it:
+
+- A running stream writes its newest instant's change-log rows only once its clock moves past
+  it, or once the bus has been quiet for a second (flows/sources.py); Redis has them at once.
+  Values served from that instant show as mismatches until then: check a quiet stream.
+- `served_at` is the service's wall clock, change-log stamps are event times. Where the two
+  agree (live traffic), a value served in the moment between an event and its arrival in Redis
+  (the flow's freshness lag) is a real, expected difference; the log does not keep the stamp of
+  the value read, so it cannot be told apart from any other mismatch here.
 """
 
 from __future__ import annotations
