@@ -338,17 +338,21 @@ def demo(
     jobs_per_day: Annotated[int, typer.Option(min=1, help="Jobs posted per day.")] = 120,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
     rate: Annotated[
-        float | None, typer.Option(help="Events/s when streaming the last day (default: max).")
-    ] = None,
+        float, typer.Option(min=0, help="Events/s when streaming the last day (0: full speed).")
+    ] = 1000.0,
+    requests: Annotated[
+        int, typer.Option(min=1, help="Timed ranking requests over the open jobs.")
+    ] = 300,
 ) -> None:
-    """End to end on this machine: simulate, backfill history, stream the last day, train."""
+    """End to end: simulate, backfill, stream the last day with the service up, train, serve,
+    rank the open jobs, check consistency, and write the HTML report."""
     from bestmatch.demo import run_demo
 
-    run_demo(_settings(), days=days, jobs_per_day=jobs_per_day, seed=seed, rate=rate)
-
-
-import bestmatch.bench_serving  # noqa: E402, F401  (registers `bestmatch bench serve`)
-import bestmatch.bench_training  # noqa: E402, F401  (registers `bestmatch bench training`)
-
-if __name__ == "__main__":
-    app()
+    run_demo(
+        _settings(),
+        days=days,
+        jobs_per_day=jobs_per_day,
+        seed=seed,
+        rate=rate or None,
+        latency_requests=requests,
+    )

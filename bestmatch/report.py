@@ -107,6 +107,12 @@ def _table(rows: list[tuple[str, str]], cls: str = "kv") -> str:
     return f'<table class="{cls}">{body}</table>'
 
 
+def _grid(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table class=grid><tr>{head}</tr>{body}</table>"
+
+
 def _reasons(explanation: list[dict[str, Any]] | None) -> str:
     if not explanation:
         return ""
@@ -195,8 +201,13 @@ def write_report(figures: dict[str, Any], folder: Path, *, consistency: Any = No
             serving["latency_ms"], "Ranking latency: POST /v1/rank, client side", "#38a169"
         ),
     }
-    if consistency is not None and hasattr(consistency, "figure"):
-        drawn["consistency"] = consistency.figure()
+    consistency_html = ""
+    if consistency is not None:
+        from bestmatch.consistency import consistency_figure
+
+        drawn["consistency"] = consistency_figure(consistency)
+        header, body = consistency.feature_table()
+        consistency_html = _grid(header, body) + _table(consistency.rows())
     images: dict[str, str] = {}
     for name, figure in drawn.items():
         png = _png(figure)
@@ -208,11 +219,7 @@ def write_report(figures: dict[str, Any], folder: Path, *, consistency: Any = No
             return ""
         return f'<img alt="{name}" src="data:image/png;base64,{images[name]}">'
 
-    c = figures["consistency"]
-    verdict = str(c.get("verdict", "?"))
-    consistency_rows = [
-        (str(row[0]), " · ".join(str(v) for v in row[1:])) for row in (c.get("table") or [])
-    ]
+    verdict = str(figures["consistency"]["verdict"])
     training = figures["training"]
     evaluation_rows = [
         (
@@ -252,7 +259,7 @@ first is unfolded.</p>
 <p>Every served feature vector was logged; each was recomputed point in time from the Delta
 change log for the same entity and time. Verdict:
 <span class="verdict-{_e(verdict)}">{_e(verdict)}</span>.</p>
-{_table(consistency_rows) if consistency_rows else ""}{img("consistency")}
+{img("consistency")}{consistency_html}
 <h2>Steps</h2>{_table([(k, f"{v:,.1f} s") for k, v in figures["steps_s"].items()])}
 </body></html>"""
     index = folder / "index.html"

@@ -105,16 +105,3 @@ def test_backfill_snapshot_and_compact(env: Settings, tmp_path: Path) -> None:
         table = DeltaTable(offline_layout.changelog_uri(env, entity))
         days = {f.split("day=")[1].split("/")[0] for f in table.file_uris()}
         assert len(table.file_uris()) == len(days)  # one file per partition after compaction
-
-
-def test_small_demo_runs_end_to_end(env: Settings) -> None:
-    """The README's main job, small: simulate, backfill, stream the last day, train."""
-    result = runner.invoke(app, ["demo", "--days", "9", "--jobs-per-day", "25"])
-    assert result.exit_code == 0, result.output
-    assert "demo done" in result.output
-    assert "LightGBM ranker" in result.output
-    assert "@champion" in result.output
-    rows = changelog(env)
-    assert rows, "the demo's flows wrote no change log"
-    last_day = max(stamp for _, _, stamp, _ in rows) - 86_400 * 1_000_000
-    assert any(stamp > last_day for _, _, stamp, _ in rows)  # the streamed day reached Delta
