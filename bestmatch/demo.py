@@ -35,6 +35,7 @@ from features.settings import Settings
 DAY_US = 86_400 * 1_000_000
 FRESHNESS_EVERY = 5  # every 5th proposal of the streamed day is timed publish → Redis
 WARM_UP_EVENTS = 500  # published first, before the timed part of the stream
+STREAM_TRIGGER_S = 1.0  # the stream commits the change log at most once a second
 MAX_PROPOSALS = 500  # CONTRACT §4
 
 
@@ -356,7 +357,7 @@ def _stream_live_day(
     samples = pick_samples(lines, warm, settings.feast_project, FRESHNESS_EVERY)
     watcher = watcher_class(redis.Redis.from_url(settings.redis_url))
     shown = f"{rate:,.0f} events/s" if rate else "full speed"
-    with stream_process(settings, work / "stream.log") as stream:
+    with stream_process(settings, work / "stream.log", trigger_s=STREAM_TRIGGER_S) as stream:
         stream.wait_ready()
         watcher.start()
         try:

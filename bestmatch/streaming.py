@@ -28,7 +28,9 @@ def _free_port() -> int:
 class StreamProcess:
     """`bestmatch stream` in a child process, with its metrics on a free port."""
 
-    def __init__(self, settings: Settings, log: Path, *, workers: int = 1) -> None:
+    def __init__(
+        self, settings: Settings, log: Path, *, workers: int = 1, trigger_s: float | None = None
+    ) -> None:
         self.port = _free_port()
         env = dict(
             os.environ,
@@ -48,6 +50,7 @@ class StreamProcess:
                 str(self.port),
                 "--workers",
                 str(workers),
+                *(["--trigger", str(trigger_s)] if trigger_s else []),
             ],
             env=env,
             stdout=self._log,
