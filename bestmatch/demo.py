@@ -427,9 +427,9 @@ def wait_offline_complete(
 
     from features.engine import route
     from features.events import Rejection, parse_event
-    from features.offline_layout import TIMESTAMP_COLUMN, changelog_uri
+    from features.offline_layout import TIMESTAMP_COLUMN, changelog_uri, record_values
     from features.online_layout import read_entities
-    from features.specs import ENTITIES, Dtype, features_of
+    from features.specs import ENTITIES
 
     events = [e for e in map(parse_event, lines) if type(e) is not Rejection]
     if not events:
@@ -448,16 +448,7 @@ def wait_offline_complete(
         rows = frame.filter(pl.col(entity.join_key) == entity_id).sort(TIMESTAMP_COLUMN)
         if rows.is_empty():
             return None
-        record = rows.row(-1, named=True)
-        values = []
-        for spec in features_of(entity):
-            value = record[spec.name]
-            if spec.dtype is Dtype.STRINGS and value is not None:
-                value = tuple(value)
-            elif spec.dtype is Dtype.TIMESTAMP and value is not None:
-                value = int(value.timestamp()) * 1_000_000
-            values.append(value)
-        return tuple(values)
+        return record_values(entity, rows.row(-1, named=True))
 
     def complete() -> bool:
         online = read_entities(

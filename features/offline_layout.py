@@ -73,6 +73,20 @@ def floor_seconds(stamp_us: int) -> int:
     return stamp_us - stamp_us % SECOND_US
 
 
+def record_values(entity: Entity, record: dict[str, Any]) -> tuple[Any, ...]:
+    """A change-log row read back as a dict (polars `iter_rows(named=True)`) as the values the
+    online store holds: `features_of(entity)` order, lists as tuples, TIMESTAMPs as int µs."""
+    values = []
+    for spec in features_of(entity):
+        value = record[spec.name]
+        if value is not None and spec.dtype is Dtype.STRINGS:
+            value = tuple(value)
+        elif value is not None and spec.dtype is Dtype.TIMESTAMP:
+            value = int(value.timestamp() * SECOND_US)
+        values.append(value)
+    return tuple(values)
+
+
 def day_of(stamp_us: int) -> str:
     """The `day` partition value of a stamp."""
     return datetime.fromtimestamp(stamp_us / SECOND_US, tz=UTC).strftime("%Y-%m-%d")

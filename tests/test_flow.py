@@ -100,16 +100,9 @@ def changelog(settings: Settings) -> list[tuple[str, str, int, tuple]]:
         uri = offline_layout.changelog_uri(settings, entity)
         frame = pl.from_arrow(DeltaTable(uri).to_pyarrow_table())
         for record in frame.iter_rows(named=True):
-            values = []
-            for spec in features_of(entity):
-                value = record[spec.name]
-                if spec.dtype is Dtype.STRINGS and value is not None:
-                    value = tuple(value)
-                if spec.dtype is Dtype.TIMESTAMP and value is not None:
-                    value = int(value.timestamp() * 1_000_000)
-                values.append(value)
+            values = offline_layout.record_values(entity, record)
             stamp = int(record["event_timestamp"].timestamp() * 1_000_000)
-            rows.append((entity.name, record[entity.join_key], stamp, tuple(values)))
+            rows.append((entity.name, record[entity.join_key], stamp, values))
     return sorted(rows)
 
 
