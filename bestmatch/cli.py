@@ -356,3 +356,10 @@ def demo(
         rate=rate or None,
         latency_requests=requests,
     )
+
+
+import bestmatch.bench_serving  # noqa: E402, F401  (registers `bestmatch bench serve`)
+import bestmatch.bench_training  # noqa: E402, F401  (registers `bestmatch bench training`)
+
+if __name__ == "__main__":
+    app()

@@ -39,8 +39,29 @@ def test_help_lists_the_contract_commands() -> None:
         "compact",
         "demo",
         "snapshot",
+        "consistency",
     ):
         assert command in result.output
+    result = runner.invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0
+    for command in ("flow", "training", "serve"):
+        assert command in result.output
+
+
+def test_the_cli_module_runs_as_a_script() -> None:
+    """`python -m bestmatch.cli` (what `bench flow` starts its stream with) runs the app."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bestmatch.cli", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "serve" in done.stdout
 
 
 @pytest.mark.parametrize(
