@@ -26,6 +26,7 @@ from features.ranking import STORE_FEATURES
 from features.settings import Settings
 from features.specs import FEATURES_BY_NAME, FREELANCER
 from serving.schemas import RankRequest
+from serving.store import RequestFeatures
 
 TABLE = "serving_log"
 PARTITION = "day"
@@ -40,6 +41,10 @@ SCHEMA = pa.schema(
         pa.field("freelancer_id", pa.string(), nullable=False),
         pa.field("model_version", pa.string(), nullable=False),
         pa.field("degraded", pa.bool_(), nullable=False),
+        # When each entity last changed, as the service read it (`_us:<view>`): the consistency
+        # check recomputes the offline value as of this time (exact), and as of `served_at`
+        # (what a perfectly fresh store would have held) to tell lag from skew.
+        *(pa.field(f"{kind}_stamp", UTC_US) for kind in ("job", "client", "freelancer")),
         pa.field("bid_amount", pa.float64(), nullable=False),
         *(pa.field(name, ARROW_TYPES[FEATURES_BY_NAME[name].dtype]) for name in STORE_FEATURES),
         pa.field("score", pa.float64(), nullable=False),
@@ -57,6 +62,26 @@ def serving_log_uri(settings: Settings) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class EntityStamps:
+    """When the entities of one answer last changed (µs; None: unknown or not stamped)."""
+
+    job: int | None
+    client: int | None
+    freelancers: Mapping[str, int | None]
+
+
+def entity_stamps(found: RequestFeatures) -> EntityStamps:
+    return EntityStamps(
+        found.job.stamp_us if found.job is not None else None,
+        found.client.stamp_us if found.client is not None else None,
+        {f: s.stamp_us if s is not None else None for f, s in found.freelancers.items()},
+    )
+
+
+_NO_STAMPS = EntityStamps(None, None, {})
+
+
+@dataclass(frozen=True, slots=True)
 class ServedRequest:
     """What one answer used: kept by reference, turned into rows off the request path."""
 
@@ -68,6 +93,7 @@ class ServedRequest:
     freelancers: dict[str, Mapping[str, Any]]
     scores: np.ndarray
     ranks: np.ndarray
+    stamps: EntityStamps = _NO_STAMPS
 
 
 def request_rows(served: ServedRequest) -> dict[str, list[Any]]:
@@ -82,6 +108,9 @@ def request_rows(served: ServedRequest) -> dict[str, list[Any]]:
         "freelancer_id": [p.freelancer_id for p in proposals],
         "model_version": [served.model_version] * n,
         "degraded": [served.degraded] * n,
+        "job_stamp": [served.stamps.job] * n,
+        "client_stamp": [served.stamps.client] * n,
+        "freelancer_stamp": [served.stamps.freelancers.get(p.freelancer_id) for p in proposals],
         "bid_amount": [p.bid_amount for p in proposals],
     }
     for name in STORE_FEATURES:
@@ -176,7 +205,13 @@ class ServingLog:
         from deltalake import write_deltalake
 
         try:
-            write_deltalake(self.uri, rows_table(pending), mode="append", partition_by=[PARTITION])
+            write_deltalake(
+                self.uri,
+                rows_table(pending),
+                mode="append",
+                partition_by=[PARTITION],
+                schema_mode="merge",  # a log written before the stamp columns takes them on
+            )
         except Exception as exc:  # a lake away for a while: the sample is lost, serving goes on
             log.error("serving log: %d rows not written to %s: %s", rows, self.uri, exc)
             self._on_dropped(rows)

@@ -531,6 +531,12 @@ def test_served_feature_vectors_are_logged_to_delta(http: httpx.Client, market: 
         assert logged[name].to_list() == offline[name].to_list(), name
     assert set(logged["model_version"]) == {"1"}
     assert logged["score"].is_not_null().all()
+    # when each entity last changed, as served: known for every entity here, never after the
+    # moment the stores were built up to
+    for kind in ("job", "client", "freelancer"):
+        stamps = logged[f"{kind}_stamp"].dt.epoch("us")
+        assert stamps.is_not_null().all(), kind
+        assert (stamps <= market.moment).all(), kind
 
 
 def test_an_api_key_is_needed_once_configured(market: Market) -> None:

@@ -16,7 +16,7 @@ from serving.deps import Authorized, Model, State
 from serving.metrics import ServingMetrics
 from serving.ranker import rank_proposals
 from serving.schemas import ErrorAnswer, RankAnswer, RankRequest
-from serving.serving_log import ServedRequest
+from serving.serving_log import ServedRequest, entity_stamps
 from serving.store import RequestFeatures
 
 router = APIRouter(prefix="/v1", tags=["ranking"])
@@ -67,6 +67,7 @@ async def rank(body: RankRequest, state: State, model: Model, _auth: Authorized)
                 ranking.freelancers,
                 ranking.scores,
                 ranking.ranks,
+                entity_stamps(found),
             )
         )
     observe(state.metrics, body, found, time.perf_counter() - started)
