@@ -22,16 +22,19 @@ the served values and from the offline values, with the logged bid and the reque
 its group, and compares it column by column: the impact of any store difference on what the
 model saw. The log keeps no cover letter, so the two cover-letter features are left out.
 
-On a healthy platform every count but `rows` is zero: the online store holds exactly what the
-change log says it held at that moment (CONTRACT §2). Two things to know when reading it:
+Served values are compared with the change log as of the change the service read: the serving
+log keeps, per entity, the stamp of the values it served (`_us:<view>` in Redis), so a value
+served in the moment between an event and its arrival in Redis (the flow's freshness lag) is
+still compared with the right row. Such a value is counted apart as `stale`: consistent as read,
+though the change log holds a newer change at `served_at`. That is lag, not skew: it does not make
+the verdict inconsistent, but it is the share of answers that a fresher store would have changed.
+A log written before stamps were kept is compared as of `served_at`.
 
-- A running stream writes its newest instant's change-log rows only once its clock moves past
-  it, or once the bus has been quiet for a second (flows/sources.py); Redis has them at once.
-  Values served from that instant show as mismatches until then: check a quiet stream.
-- `served_at` is the service's wall clock, change-log stamps are event times. Where the two
-  agree (live traffic), a value served in the moment between an event and its arrival in Redis
-  (the flow's freshness lag) is a real, expected difference; the log does not keep the stamp of
-  the value read, so it cannot be told apart from any other mismatch here.
+On a healthy platform every count but `rows` (and `stale`) is zero: the online store holds exactly
+what the change log says it held (CONTRACT §2). One thing to know when reading it: a running
+stream writes its newest instant's change-log rows only once its clock moves past it, or once the
+bus has been quiet for a second (flows/sources.py); Redis has them at once. Values served from
+that instant show as mismatches until then: check a quiet stream, or with `--since` / later.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ SERVING_LOG_TABLE = "serving_log"
 SKIPPED_MODEL_INPUTS: tuple[str, ...] = ("cover_letter_chars", "cover_letter_job_skills")
 """Model inputs not rebuilt: they read the cover letter, which the serving log does not keep."""
 EXAMPLES_PER_FEATURE = 3
-_OFFLINE = "__offline_"
+_OFFLINE = "__offline_"  # offline, as of the change the service read
+_NOW = "__now_"  # offline, as of served_at
 _NUMERIC = (Dtype.INT, Dtype.FLOAT, Dtype.BOOL)
 _UTC_US = pl.Datetime("us", "UTC")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -87,6 +91,7 @@ class FeatureCheck:
     offline_missing: int  # served a value the change log did not hold
     mean_relative_error: float | None  # numeric only, over rows with both present
     max_relative_error: float | None
+    stale: int = 0  # consistent as read, but a newer change existed at served_at (flow lag)
 
     @property
     def problems(self) -> int:
@@ -108,6 +113,7 @@ class FeatureCheck:
             "problem_rate": self.problem_rate,
             "mean_relative_error": self.mean_relative_error,
             "max_relative_error": self.max_relative_error,
+            "stale": self.stale,
         }
 
 
@@ -168,6 +174,10 @@ class ConsistencyReport:
         return sum(f.offline_missing for f in self.features)
 
     @property
+    def stale(self) -> int:
+        return sum(f.stale for f in self.features)
+
+    @property
     def model_input_mismatches(self) -> int:
         return sum(f.problems for f in self.model_inputs)
 
@@ -202,6 +212,7 @@ class ConsistencyReport:
             ("served missing, offline present", f"{self.served_missing:,}"),
             ("offline missing, served present", f"{self.offline_missing:,}"),
             ("model input differences", f"{self.model_input_mismatches:,}"),
+            ("stale (a newer change at served_at: lag)", f"{self.stale:,}"),
             ("not rebuilt (no cover letter)", ", ".join(SKIPPED_MODEL_INPUTS)),
             ("float tolerance (relative)", f"{self.tolerance:g}"),
         ]
@@ -217,6 +228,7 @@ class ConsistencyReport:
             "offline missing",
             "both missing",
             "mean rel. error",
+            "stale",
         ]
         checks = self.model_inputs if model_inputs else self.features
         body = [
@@ -229,6 +241,7 @@ class ConsistencyReport:
                 f"{c.offline_missing:,}",
                 f"{c.both_missing:,}",
                 "—" if c.mean_relative_error is None else f"{c.mean_relative_error:.3g}",
+                f"{c.stale:,}",
             ]
             for c in checks
         ]
@@ -255,6 +268,7 @@ class ConsistencyReport:
                 "served_missing": self.served_missing,
                 "offline_missing": self.offline_missing,
                 "model_input_differences": self.model_input_mismatches,
+                "stale": self.stale,
             },
             "features": [f.to_dict() for f in self.features],
             "model_inputs": [f.to_dict() for f in self.model_inputs],
@@ -274,13 +288,29 @@ def check_consistency(
         raise ValueError(msg)
     uri, log = read_serving_log(settings, since_us)
     ok = log.filter(~pl.col("degraded"))
-    keys = [e.join_key for e in ENTITIES]
     wanted = [n for n in STORE_FEATURES if n in ok.columns]
-    entity_rows = ok.select(*keys, pl.col(SERVED_AT).alias(TIMESTAMP_COLUMN))
-    offline = historical_features(settings, entity_rows, wanted).select(
-        pl.col(n).alias(_OFFLINE + n) for n in wanted
-    )
-    both = pl.concat([ok, offline], how="horizontal")
+    # As served: each entity as of the change the service read (its logged stamp; a log from
+    # before stamps were kept: as of served_at). As of served_at: what a store with no lag
+    # would have held then. Served values are compared with the first; the second only tells
+    # how many were stale.
+    as_served, as_of_now = [], []
+    for entity in ENTITIES:
+        names = [n for n in wanted if FEATURES_BY_NAME[n].entity == entity]
+        if not names:
+            continue
+        stamp = f"{entity.name}_stamp"
+        when = pl.col(SERVED_AT)
+        if stamp in ok.columns:
+            when = pl.coalesce(pl.col(stamp), when)
+        for moment, out in ((when, as_served), (pl.col(SERVED_AT), as_of_now)):
+            rows = ok.select(pl.col(entity.join_key), moment.alias(TIMESTAMP_COLUMN))
+            prefix = _OFFLINE if out is as_served else _NOW
+            out.append(
+                historical_features(settings, rows, names).select(
+                    pl.col(n).alias(prefix + n) for n in names
+                )
+            )
+    both = pl.concat([ok, *as_served, *as_of_now], how="horizontal")
 
     features: list[FeatureCheck] = []
     examples: list[list[Example]] = []
@@ -336,7 +366,7 @@ def _distinct(both: pl.DataFrame, entity: Entity, names: Sequence[str]) -> pl.Da
     key = entity.join_key
     return (
         both.filter(pl.col(key).is_not_null())
-        .select(key, SERVED_AT, *names, *(_OFFLINE + n for n in names))
+        .select(key, SERVED_AT, *names, *(_OFFLINE + n for n in names), *(_NOW + n for n in names))
         .unique(subset=[key, SERVED_AT], keep="first", maintain_order=True)
     )
 
@@ -377,6 +407,10 @@ def _compare(
         if row["__kind"] is not None
     }
     mean, worst = marked["__relative"].mean(), marked["__relative"].max()
+    stale = 0
+    if _NOW + name in rows.columns:  # consistent as read, though a newer change was logged
+        newer = pl.col("__kind").is_null() & offline.ne_missing(pl.col(_NOW + name))
+        stale = int(marked.select(newer.sum()).item())
     check = FeatureCheck(
         name=name,
         entity=entity,
@@ -387,6 +421,7 @@ def _compare(
         offline_missing=by_kind.get("offline missing", 0),
         mean_relative_error=float(mean) if numeric and mean is not None else None,  # type: ignore[arg-type]
         max_relative_error=float(worst) if numeric and worst is not None else None,  # type: ignore[arg-type]
+        stale=stale,
     )
     return check, marked.filter(pl.col("__kind").is_not_null())
 

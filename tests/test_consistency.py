@@ -8,6 +8,7 @@ One market serves the module; each test serves its own requests and checks only 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -266,6 +267,7 @@ def test_a_healthy_run_has_no_difference(world: World) -> None:
         "served_missing": 0,
         "offline_missing": 0,
         "model_input_differences": 0,
+        "stale": 0,
     }
     assert len(data["features"]) == len(STORE_FEATURES)
 
@@ -405,6 +407,66 @@ def test_float_tolerance_and_exact_types_on_a_tampered_log(world: World) -> None
     assert loose["fl_bid_avg_7d"].mismatches == 0 and loose["fl_proposals_7d"].mismatches == 1
     codes = {c.name: c.mismatches for c in report.model_inputs}
     assert codes["job_budget_type_code"] == n  # every proposal of the request saw it
+
+
+def test_a_value_served_before_a_newer_change_is_stale_not_a_mismatch(world: World) -> None:
+    """A freelancer served as it was one change before its newest (what a store a little behind
+    the flow serves): with the stamp of what was read it is consistent and counted stale; a log
+    without stamps can only compare as of served_at, and calls it a mismatch."""
+    from deltalake import DeltaTable
+
+    from features.offline_layout import changelog_uri, record_values
+    from serving.serving_log import EntityStamps, entity_stamps
+
+    job = world.jobs[11]
+    request = RankRequest.model_validate(_request(world, job))
+    reader = FeatureReader(connect(world.settings.redis_url, 1.0), "bestmatch", retry_s=0.0)
+    found = reader.read(job, request.client_id, [p.freelancer_id for p in request.proposals])
+    job_vals = job_values(found)
+    freelancers = {k: dict(v) for k, v in freelancer_values(found).items()}
+    names = [spec.name for spec in features_of(FREELANCER)]
+    changes = (
+        pl.from_arrow(DeltaTable(changelog_uri(world.settings, FREELANCER)).to_pyarrow_table())
+        .filter(pl.col("freelancer_id").is_in(list(freelancers)))
+        .sort("freelancer_id", "event_timestamp", "created")
+    )
+    victim, before, differing = None, None, []
+    for (freelancer,), rows in changes.group_by("freelancer_id", maintain_order=True):
+        if rows.height < 2:
+            continue
+        old = dict(zip(names, record_values(FREELANCER, rows.row(-2, named=True)), strict=True))
+        new = dict(zip(names, record_values(FREELANCER, rows.row(-1, named=True)), strict=True))
+        differing = [n for n in FREELANCER_FEATURES if old[n] != new[n]]
+        if differing:
+            victim, before = str(freelancer), rows.row(-2, named=True)
+            freelancers[victim] = {n: old[n] for n in FREELANCER_FEATURES}
+            break
+    assert victim is not None and before is not None, "no freelancer changed twice"
+    stamp = int(before["event_timestamp"].timestamp() * 1_000_000)
+    read = entity_stamps(found)
+    stamps = EntityStamps(read.job, read.client, {**read.freelancers, victim: stamp})
+    n = len(request.proposals)
+
+    def log_once(kept: EntityStamps | None) -> int:
+        since = _now_us()
+        served = ServedRequest(
+            _now_us(), request, "1", False, job_vals, freelancers, np.zeros(n), np.arange(1, n + 1)
+        )
+        log = ServingLog(serving_log_uri(world.settings), batch_rows=10, flush_s=0.1, max_queued=4)
+        log.offer(served if kept is None else dataclasses.replace(served, stamps=kept))
+        log.close()
+        return since
+
+    report = check_consistency(world.settings, since_us=log_once(stamps))
+    checks = _checks(report)
+    assert report.verdict == "healthy"
+    assert {name: c.stale for name, c in checks.items() if c.stale} == dict.fromkeys(differing, 1)
+    assert report.stale == len(differing) and report.to_dict()["totals"]["stale"] == len(differing)
+
+    unstamped = check_consistency(world.settings, since_us=log_once(None))
+    mismatched = {name: c.mismatches for name, c in _checks(unstamped).items() if c.problems}
+    assert mismatched == dict.fromkeys(differing, 1)
+    assert unstamped.stale == 0
 
 
 # --- the command line ------------------------------------------------------------------------
