@@ -567,7 +567,7 @@ def summary_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
             "consistency (served vs offline)",
             f"{c['verdict']}: {c['totals']['mismatches']:,} mismatches, "
             f"{c['totals']['served_missing'] + c['totals']['offline_missing']:,} one-sided missing "
-            f"in {c['totals']['rows']:,} entity rows",
+            f"in {c['totals']['rows']:,} entity rows ({c['totals']['stale']:,} stale)",
         ),
         ("wall time", f"{figures['wall_s']:.0f} s"),
     ]
