@@ -42,6 +42,7 @@ def create_app(settings: Settings, serving: ServingSettings | None = None) -> Fa
         description="Ranks a job's proposals with the champion LightGBM model on live features.",
         lifespan=lifespan,
     )
+    app.add_middleware(rank.RankEndpoint)  # inside BodyLimit: added first
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     install_error_handler(app)
     app.include_router(rank.router)

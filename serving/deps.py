@@ -1,4 +1,5 @@
-"""The routes' dependencies, as named `Annotated` types."""
+"""The routes' dependencies, as named `Annotated` types, and the checks behind them (which
+`routes.rank.RankEndpoint` calls directly, without FastAPI's dependency resolution)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from serving.errors import NotReady, Unauthorized
 from serving.model import LoadedRanker
@@ -23,28 +25,42 @@ async def get_state(request: Request) -> ServingState:
 State = Annotated[ServingState, Depends(get_state)]
 
 
-async def check_api_key(
-    state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    """Open without a configured key; with one, `Authorization: Bearer <key>` (constant time)."""
+def bearer_token(authorization: str | None) -> str:
+    """The key of an `Authorization: Bearer <key>` header ("" for none or another scheme)."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    return token if scheme.lower() == "bearer" else ""
+
+
+def check_key(state: ServingState, given: str) -> None:
+    """Open without a configured key; with one, the given key must be it (constant time)."""
     expected = state.api_key
     if expected is None:
         return
-    given = credentials.credentials if credentials is not None else ""
     if not hmac.compare_digest(given.encode(), expected.encode()):
         msg = "missing or wrong API key: send `Authorization: Bearer <key>`"
         raise Unauthorized(msg, "Authorization")
 
 
+async def check_api_key(
+    state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    check_key(state, credentials.credentials if credentials is not None else "")
+
+
 Authorized = Annotated[None, Depends(check_api_key)]
 
 
-async def get_model(state: State) -> LoadedRanker:
+def current_model(state: ServingState) -> LoadedRanker:
+    """The model being served; `NotReady` (503) while there is none."""
     model = state.watcher.current
     if model is None:
         msg = f"no model to serve yet: {state.watcher.last_error or 'loading'}"
         raise NotReady(msg)
     return model
+
+
+async def get_model(state: State) -> LoadedRanker:
+    return current_model(state)
 
 
 Model = Annotated[LoadedRanker, Depends(get_model)]
