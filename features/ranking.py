@@ -369,6 +369,26 @@ def _ratio_to(bid: np.ndarray, denominator: float | None) -> np.ndarray | float:
     return bid / denominator if denominator is not None and denominator > 0 else _NAN
 
 
+@dataclass(frozen=True, slots=True)
+class FreelancerColumns:
+    """A freelancer's part of the model's input that no request changes: a full-width row with
+    its store columns filled (NaN elsewhere; read-only, shared between requests), and its skills
+    (what the request-relative skill features compare with the job's)."""
+
+    row: np.ndarray
+    skills: Sequence[str] | None
+
+
+def freelancer_columns(freelancer: Mapping[str, Any]) -> FreelancerColumns:
+    """What `request_matrix` reads of one freelancer's store values, computed once: serving
+    keeps it with the decoded entity and builds each request's matrix with `matrix_of`."""
+    row = np.full((1, len(MODEL_FEATURES)), _NAN)
+    _FREELANCER_COLUMNS.fill(row, [freelancer])
+    row = row[0]
+    row.flags.writeable = False
+    return FreelancerColumns(row, freelancer.get("fl_skills"))
+
+
 def request_matrix(job: Mapping[str, Any], proposals: Sequence[RequestProposal]) -> np.ndarray:
     """The model's input for one request, one row per proposal in request order.
 
@@ -376,13 +396,49 @@ def request_matrix(job: Mapping[str, Any], proposals: Sequence[RequestProposal])
     for bit (the parity property test holds the two together; `model_frame` is the definition).
     """
     n = len(proposals)
-    out = np.empty((n, len(MODEL_FEATURES)), dtype=np.float64)
+    out = np.empty((n, len(MODEL_FEATURES)), dtype=np.float64)  # every column is filled
     if n == 0:
         return out
     freelancers = [p.freelancer for p in proposals]
+    _FREELANCER_COLUMNS.fill(out, freelancers)  # the columns `freelancer_columns` holds
+    _request_columns(
+        out,
+        job,
+        [p.bid_amount for p in proposals],
+        [p.cover_letter for p in proposals],
+        [f.get("fl_skills") for f in freelancers],
+    )
+    return out
+
+
+def matrix_of(
+    job: Mapping[str, Any],
+    freelancers: Sequence[FreelancerColumns],
+    bids: Sequence[float],
+    letters: Sequence[str],
+) -> np.ndarray:
+    """`request_matrix` for proposals whose freelancers' columns are already computed (by
+    `freelancer_columns`): their rows are copied, only the job's and the request's columns are
+    computed. The same values, bit for bit (a property test holds the two together)."""
+    n = len(freelancers)
+    if n == 0:
+        return np.empty((0, len(MODEL_FEATURES)), dtype=np.float64)
+    out = np.array([f.row for f in freelancers], dtype=np.float64)
+    _request_columns(out, job, bids, letters, [f.skills for f in freelancers])
+    return out
+
+
+def _request_columns(
+    out: np.ndarray,
+    job: Mapping[str, Any],
+    bids: Sequence[float],
+    letters: Sequence[str],
+    freelancer_skills: Sequence[Sequence[str] | None],
+) -> None:
+    """The job's columns and the request-relative ones, in place; the freelancers' columns of
+    `out` are filled already."""
     _JOB_COLUMNS.fill(out, [job])
-    _FREELANCER_COLUMNS.fill(out, freelancers)
-    bid = np.array([p.bid_amount for p in proposals], dtype=np.float64)
+    bid = np.array(bids, dtype=np.float64)
     budget_max = _number(job.get("job_budget_max"))
     with np.errstate(over="ignore"):  # a bid over a tiny denominator is inf, as in polars
         out[:, _C["bid_to_budget_max"]] = _ratio_to(bid, budget_max)
@@ -394,10 +450,8 @@ def request_matrix(job: Mapping[str, Any], proposals: Sequence[RequestProposal])
     out[:, _C["bid_within_budget"]] = _within(bid, _number(job.get("job_budget_min")), budget_max)
     out[:, _C["bid_share_lower_in_request"]] = share
     out[:, _C["bid_to_request_median"]] = to_median
-    letters = [p.cover_letter for p in proposals]
     out[:, _C["cover_letter_chars"]] = [len(letter) for letter in letters]
-    _skill_features(out, job.get("job_skills"), [f.get("fl_skills") for f in freelancers], letters)
-    return out
+    _skill_features(out, job.get("job_skills"), freelancer_skills, letters)
 
 
 def _skill_features(
@@ -422,4 +476,4 @@ def _skill_features(
         out[:, _C["cover_letter_job_skills"]] = 0.0
         return
     lowered = _lower(letters)
-    out[:, _C["cover_letter_job_skills"]] = [sum(s in t for s in named) for t in lowered]
+    out[:, _C["cover_letter_job_skills"]] = [sum(map(t.__contains__, named)) for t in lowered]

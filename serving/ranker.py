@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from features.ranking import MODEL_FEATURES, RequestProposal, request_matrix
+from features.ranking import MODEL_FEATURES, FreelancerColumns, freelancer_columns, matrix_of
 from serving.model import LoadedRanker
 from serving.schemas import RankRequest
-from serving.store import RequestFeatures
+from serving.store import RequestFeatures, Stamped
 
 
 def best_match_count(n: int, share: float, cap: int) -> int:
@@ -45,6 +45,16 @@ def job_values(found: RequestFeatures) -> dict[str, Any]:
 
 def freelancer_values(found: RequestFeatures) -> dict[str, Mapping[str, Any]]:
     return {fid: s.values if s is not None else {} for fid, s in found.freelancers.items()}
+
+
+_UNKNOWN = freelancer_columns({})
+
+
+def _columns(stamped: Stamped | None) -> FreelancerColumns:
+    """A freelancer's model columns: kept with the decoded entity by the store's memo."""
+    if stamped is None:
+        return _UNKNOWN
+    return stamped.columns if stamped.columns is not None else freelancer_columns(stamped.values)
 
 
 @dataclass(frozen=True)
@@ -69,11 +79,14 @@ def rank_proposals(
 ) -> Ranking:
     job = job_values(found)
     freelancers = freelancer_values(found)
-    proposals = [
-        RequestProposal(p.bid_amount, p.cover_letter, freelancers[p.freelancer_id])
-        for p in request.proposals
-    ]
-    matrix = request_matrix(job, proposals)
+    columns = {fid: _columns(s) for fid, s in found.freelancers.items()}
+    proposals = request.proposals
+    matrix = matrix_of(
+        job,
+        [columns[p.freelancer_id] for p in proposals],
+        [p.bid_amount for p in proposals],
+        [p.cover_letter for p in proposals],
+    )
     scores = model.predict(matrix)
     order = np.argsort(-scores, kind="stable")
     ranks = np.empty(len(order), dtype=np.int64)

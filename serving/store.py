@@ -26,17 +26,19 @@ from redis.retry import Retry
 
 from features.errors import StoreError
 from features.online_layout import decode_value, layout, redis_key
-from features.ranking import STORE_FEATURES
+from features.ranking import STORE_FEATURES, FreelancerColumns, freelancer_columns
 from features.specs import CLIENT, FREELANCER, JOB, Dtype, Entity, features_of
 
 
 @dataclass(frozen=True, slots=True)
 class Stamped:
-    """An entity's values by feature name (shared between requests: never mutated), and the
-    time (µs) of its last change (None: not written by BestMatch's flow, e.g. by Feast)."""
+    """An entity's values by feature name (shared between requests: never mutated), the time
+    (µs) of its last change (None: not written by BestMatch's flow, e.g. by Feast), and for a
+    freelancer its fixed part of the model's input (`features.ranking.freelancer_columns`)."""
 
     values: Mapping[str, Any]
     stamp_us: int | None
+    columns: FreelancerColumns | None = None  # a freelancer's model columns, computed once
 
 
 def _bulk(value: bytes) -> bytes:
@@ -91,7 +93,8 @@ def _read_of(entity: Entity) -> _Read:
 class EntityMemo:
     """Decoded entities by their raw reply, per kind. The same freelancers and jobs come back
     request after request with the same bytes (the reply holds the change stamp), so decoding is
-    mostly one lookup. Bounded: a full table starts over."""
+    mostly one lookup, and so is a freelancer's part of the model's input, kept with it.
+    Bounded: a full table starts over."""
 
     def __init__(self, size: int = 1 << 15) -> None:
         self.size = size
@@ -108,7 +111,8 @@ class EntityMemo:
                 name: decode_value(dtype, value) if value else None
                 for name, dtype, value in zip(read.names, read.dtypes, raw, strict=False)
             }
-            found = table[key] = Stamped(values, int(raw[-1]) if raw[-1] else None)
+            columns = freelancer_columns(values) if read.entity == FREELANCER else None
+            found = table[key] = Stamped(values, int(raw[-1]) if raw[-1] else None, columns)
         return found
 
 

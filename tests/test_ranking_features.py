@@ -18,6 +18,8 @@ from features.ranking import (
     STORE_FEATURES,
     STREAMING_FEATURES,
     RequestProposal,
+    freelancer_columns,
+    matrix_of,
     model_frame,
     model_matrix,
     request_frame,
@@ -281,3 +283,23 @@ def test_request_matrix_is_model_frame_bit_for_bit(
         known = ~missing[:, column]
         fast_bits = fast[known, column].view(np.uint64)
         assert (fast_bits == frame[known, column].view(np.uint64)).all(), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(entity_values(freelancer=False), st.lists(any_proposal, min_size=0, max_size=9))
+def test_matrix_of_cached_freelancer_columns_is_request_matrix_bit_for_bit(
+    job: dict[str, Any], request_proposals: list[RequestProposal]
+) -> None:
+    """Serving's path (each freelancer's columns computed once, then copied) is `request_matrix`."""
+    columns = [freelancer_columns(p.freelancer) for p in request_proposals]
+    cached = matrix_of(
+        job,
+        columns,
+        [p.bid_amount for p in request_proposals],
+        [p.cover_letter for p in request_proposals],
+    )
+    plain = request_matrix(job, request_proposals)
+    assert cached.shape == plain.shape and cached.dtype == np.float64
+    assert cached.flags.c_contiguous and cached.flags.writeable
+    assert (cached.view(np.uint64) == plain.view(np.uint64)).all()
+    assert all(not c.row.flags.writeable for c in columns)  # shared between requests
