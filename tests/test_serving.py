@@ -46,6 +46,7 @@ from features.settings import Settings
 from features.specs import CLIENT, FREELANCER, JOB, features_of
 from flows.runner import run_backfill
 from serving import ServingSettings, create_app
+from serving.model import LoadedRanker
 from serving.ranker import best_match_count
 from serving.serving_log import serving_log_uri
 from serving.state import open_state
@@ -683,3 +684,29 @@ def test_a_champion_with_other_features_is_refused(service: Service, market: Mar
     # A fresh service refuses to start on it, and says why.
     with pytest.raises(ModelError, match=r"shoe_size.*cover_letter_job_skills"):
         open_state(market.serving, serving_settings())
+
+
+def test_loaded_ranker_predicts_as_booster_predict_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The predictor kept per model (one C call) scores exactly as `Booster.predict` does, and
+    the ranker falls back to `Booster.predict` where that predictor cannot be built."""
+    booster = tiny_booster(list(MODEL_FEATURES), seed=3)
+    ranker = LoadedRanker("m", "1", booster, tuple(MODEL_FEATURES))
+    assert ranker.predictor is not None, "LightGBM's C API is no longer where MatrixPredictor looks"
+    rng = np.random.default_rng(7)
+    for rows in (1, 2, 50, 500):
+        matrix = rng.normal(0.0, 50.0, size=(rows, len(MODEL_FEATURES)))
+        matrix[rng.random(matrix.shape) < 0.3] = np.nan
+        expected = booster.predict(matrix, num_threads=1)
+        assert (ranker.predict(matrix).view(np.uint64) == expected.view(np.uint64)).all()
+        strided = np.asfortranarray(matrix)  # not row-major: copied, same scores
+        assert (ranker.predict(strided).view(np.uint64) == expected.view(np.uint64)).all()
+    assert ranker.predict(np.empty((0, len(MODEL_FEATURES)))).shape == (0,)
+    with pytest.raises(ValueError, match="columns"):
+        ranker.predict(np.zeros((2, 3)))
+    with monkeypatch.context() as patched:  # a LightGBM that keeps its library elsewhere
+        patched.delattr("lightgbm.basic._LIB")
+        fallback = LoadedRanker("m", "1", booster, tuple(MODEL_FEATURES))
+    assert fallback.predictor is None
+    assert (fallback.predict(matrix).view(np.uint64) == expected.view(np.uint64)).all()
