@@ -20,8 +20,9 @@ class ServingSettings(BaseSettings):
 
     log_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     """Share of requests whose feature vectors go to `<lake>/serving_log` (whole requests)."""
-    log_batch_rows: int = Field(default=2000, ge=1)
-    """The serving log is written when this many rows wait ..."""
+    log_batch_rows: int = Field(default=20_000, ge=1)
+    """The serving log is written when this many rows wait ... (a Delta append costs about
+    28 ms CPU for 2,000 rows and 90 ms for 20,000: big batches, written mostly by time)"""
     log_flush_s: float = Field(default=10.0, gt=0.0)
     """... or when the oldest waiting row is this old, and always on shutdown."""
     log_queue_requests: int = Field(default=1000, ge=1)

@@ -96,50 +96,51 @@ class ServedRequest:
     stamps: EntityStamps = _NO_STAMPS
 
 
+_FREELANCER_NAMES = tuple(n for n in STORE_FEATURES if n in _FREELANCER_COLUMNS)
+_JOB_NAMES = tuple(n for n in STORE_FEATURES if n not in _FREELANCER_COLUMNS)
+
+
 def request_rows(served: ServedRequest) -> dict[str, list[Any]]:
     """One row per proposal, by column."""
-    proposals = served.request.proposals
-    n = len(proposals)
-    columns: dict[str, list[Any]] = {
-        "served_at": [served.served_at_us] * n,
-        "job_id": [served.request.job_id] * n,
-        "client_id": [served.request.client_id] * n,
-        "proposal_id": [p.proposal_id for p in proposals],
-        "freelancer_id": [p.freelancer_id for p in proposals],
-        "model_version": [served.model_version] * n,
-        "degraded": [served.degraded] * n,
-        "job_stamp": [served.stamps.job] * n,
-        "client_stamp": [served.stamps.client] * n,
-        "freelancer_stamp": [served.stamps.freelancers.get(p.freelancer_id) for p in proposals],
-        "bid_amount": [p.bid_amount for p in proposals],
-    }
-    for name in STORE_FEATURES:
-        if name in _FREELANCER_COLUMNS:
-            columns[name] = [served.freelancers[p.freelancer_id].get(name) for p in proposals]
-        else:
-            columns[name] = [served.job.get(name)] * n
-    columns["score"] = served.scores.tolist()
-    columns["rank"] = served.ranks.tolist()
-    columns[PARTITION] = [day_of(served.served_at_us)] * n
+    columns: dict[str, list[Any]] = {field.name: [] for field in SCHEMA}
+    _add_rows(columns, served)
     return columns
 
 
+def _add_rows(columns: dict[str, list[Any]], served: ServedRequest) -> None:
+    """Append one request's rows to `columns`, column by column (no per-row objects)."""
+    request = served.request
+    proposals = request.proposals
+    n = len(proposals)
+    freelancer_ids = [p.freelancer_id for p in proposals]
+    columns["served_at"] += [served.served_at_us] * n
+    columns["job_id"] += [request.job_id] * n
+    columns["client_id"] += [request.client_id] * n
+    columns["proposal_id"] += [p.proposal_id for p in proposals]
+    columns["freelancer_id"] += freelancer_ids
+    columns["model_version"] += [served.model_version] * n
+    columns["degraded"] += [served.degraded] * n
+    columns["job_stamp"] += [served.stamps.job] * n
+    columns["client_stamp"] += [served.stamps.client] * n
+    columns["freelancer_stamp"] += map(served.stamps.freelancers.get, freelancer_ids)
+    columns["bid_amount"] += [p.bid_amount for p in proposals]
+    freelancers = list(map(served.freelancers.__getitem__, freelancer_ids))
+    for name in _FREELANCER_NAMES:
+        columns[name] += [values.get(name) for values in freelancers]
+    for name in _JOB_NAMES:
+        columns[name] += [served.job.get(name)] * n
+    columns["score"] += served.scores.tolist()
+    columns["rank"] += served.ranks.tolist()
+    columns[PARTITION] += [day_of(served.served_at_us)] * n
+
+
 def rows_table(requests: list[ServedRequest]) -> pa.Table:
-    merged: dict[str, list[Any]] = {field.name: [] for field in SCHEMA}
+    """The rows of `requests`, in `SCHEMA` (skill lists may be tuples: Arrow takes any sequence)."""
+    columns: dict[str, list[Any]] = {field.name: [] for field in SCHEMA}
     for served in requests:
-        for name, values in request_rows(served).items():
-            merged[name] += values
-    lists = {n for n in STORE_FEATURES if pa.types.is_list(SCHEMA.field(n).type)}
+        _add_rows(columns, served)
     return pa.table(
-        {
-            field.name: pa.array(
-                [list(v) if v is not None else None for v in merged[field.name]]
-                if field.name in lists
-                else merged[field.name],
-                field.type,
-            )
-            for field in SCHEMA
-        },
+        {field.name: pa.array(columns[field.name], field.type) for field in SCHEMA},
         schema=SCHEMA,
     )
 
