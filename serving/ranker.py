@@ -63,7 +63,6 @@ class Ranking:
 
     body: bytes
     job: dict[str, Any]
-    freelancers: dict[str, Mapping[str, Any]]
     scores: np.ndarray
     ranks: np.ndarray  # rank of each proposal, in request order
 
@@ -78,7 +77,6 @@ def rank_proposals(
     explain_top: int = 3,
 ) -> Ranking:
     job = job_values(found)
-    freelancers = freelancer_values(found)
     columns = {fid: _columns(s) for fid, s in found.freelancers.items()}
     proposals = request.proposals
     matrix = matrix_of(
@@ -93,19 +91,24 @@ def rank_proposals(
     ranks[order] = np.arange(1, len(order) + 1)
     best = best_match_count(len(order), best_share, best_max)
     reasons = explanations(model, matrix, explain_top) if request.explain else None
-    ranked = []
-    for position, i in enumerate(order.tolist()):
-        p = request.proposals[i]
-        ranked.append(
-            {
-                "proposal_id": p.proposal_id,
-                "freelancer_id": p.freelancer_id,
-                "rank": position + 1,
-                "score": float(scores[i]),
-                "best_match": position < best,
-                "explanation": reasons[i] if reasons is not None else None,
-            }
+    ordered = order.tolist()
+    ranked = [  # dicts in key order: orjson writes each as the `RankedProposal` object
+        {
+            "proposal_id": p.proposal_id,
+            "freelancer_id": p.freelancer_id,
+            "rank": rank,
+            "score": score,
+            "best_match": rank <= best,
+            "explanation": None if reasons is None else reasons[i],
+        }
+        for rank, i, p, score in zip(
+            range(1, len(ordered) + 1),
+            ordered,
+            map(proposals.__getitem__, ordered),
+            scores[order].tolist(),
+            strict=True,
         )
+    ]
     answer = {
         "job_id": request.job_id,
         "model": {"name": model.name, "version": model.version},
@@ -117,7 +120,7 @@ def rank_proposals(
             "freelancers": [f for f, s in found.freelancers.items() if s is None],
         },
     }
-    return Ranking(orjson.dumps(answer), job, freelancers, scores, ranks)
+    return Ranking(orjson.dumps(answer), job, scores, ranks)
 
 
 def explanations(model: LoadedRanker, matrix: np.ndarray, top: int) -> list[list[dict[str, Any]]]:

@@ -26,7 +26,7 @@ from serving.deps import Authorized, Model, State, bearer_token, check_key, curr
 from serving.errors import ApiError, handle_error
 from serving.metrics import ServingMetrics
 from serving.model import LoadedRanker
-from serving.ranker import rank_proposals
+from serving.ranker import freelancer_values, rank_proposals
 from serving.schemas import ErrorAnswer, RankAnswer, RankRequest
 from serving.serving_log import ServedRequest, entity_stamps
 from serving.state import ServingState
@@ -88,7 +88,7 @@ def answer(state: ServingState, model: LoadedRanker, body: RankRequest) -> bytes
                 model.version,
                 found.degraded,
                 ranking.job,
-                ranking.freelancers,
+                freelancer_values(found),
                 ranking.scores,
                 ranking.ranks,
                 entity_stamps(found),
