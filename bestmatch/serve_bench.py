@@ -16,7 +16,7 @@ Each setting runs `rounds` times for `duration_s` (after a warm-up), the two sid
 a burst of load elsewhere on the (shared) machine hits both; the medians of p50, p99 and requests
 per second are reported, with the goals, and the CPU each answer cost the answering process (robust
 to that load). The service's own steps are timed in-process too (CPU: the Redis read,
-`request_matrix`, the booster), so a reader sees where the time goes; and the two sides' scores
+`matrix_of`, the predictor), so a reader sees where the time goes; and the two sides' scores
 for one request are compared.
 
 It reads what is there and writes nothing but the service's serving log: it needs a backfilled
@@ -460,17 +460,18 @@ def step_costs(
     """Median CPU ms of each step of `POST /v1/rank`, over the requests (no HTTP). CPU time of
     this process (polars works in threads of its own), so another process taking the core does
     not count."""
-    from features.ranking import RequestProposal, request_matrix
-    from serving.ranker import freelancer_values, job_values, rank_proposals
+    from features.ranking import freelancer_columns, matrix_of
+    from serving.ranker import job_values, rank_proposals
     from serving.schemas import RankRequest
     from serving.store import FeatureReader, connect
 
     reader = FeatureReader(connect(settings.redis_url, 1.0), settings.feast_project, 0.0)
+    unknown = freelancer_columns({})
     costs: dict[str, list[float]] = {
         "parse + validate": [],
         "Redis read (one round trip)": [],
-        "request_matrix (features.ranking)": [],
-        "booster.predict": [],
+        "matrix_of (features.ranking; freelancers' columns cached)": [],
+        "predict (the model's kept predictor)": [],
         "whole step (read, features, score, JSON)": [],
     }
     warm = min(20, len(requests))
@@ -481,12 +482,13 @@ def step_costs(
         t1 = time.process_time()
         found = reader.read(body.job_id, body.client_id, [p.freelancer_id for p in body.proposals])
         t2 = time.process_time()
-        fl = freelancer_values(found)
-        inputs = [
-            RequestProposal(p.bid_amount, p.cover_letter, fl[p.freelancer_id])
-            for p in body.proposals
-        ]
-        matrix = request_matrix(job_values(found), inputs)
+        columns = {f: s.columns for f, s in found.freelancers.items() if s is not None}
+        matrix = matrix_of(
+            job_values(found),
+            [columns.get(p.freelancer_id, unknown) for p in body.proposals],
+            [p.bid_amount for p in body.proposals],
+            [p.cover_letter for p in body.proposals],
+        )
         t3 = time.process_time()
         model.predict(matrix)
         t4 = time.process_time()

@@ -1,8 +1,10 @@
-"""Scoring one request: store values + proposals → `request_matrix` → booster → ranked answer.
+"""Scoring one request: store values + proposals → `matrix_of` → booster → ranked answer.
 
-The model's input comes from `features.ranking.request_matrix`, the same function training used
-(through `model_frame`), so serving cannot compute a feature differently. Missing entities give
-missing values (NaN), which the model was trained with.
+The model's input comes from `features.ranking.matrix_of`: each freelancer's columns as
+`freelancer_columns` computed them once, when the store's memo decoded the entity, and the job's
+and request's columns computed per request. It is `request_matrix` bit for bit (a property test),
+which is `model_frame`, what training used, so serving cannot compute a feature differently.
+Missing entities give missing values (NaN), which the model was trained with.
 
 Order: by score, highest first; equal scores keep request order. `rank` is 1..n in that order.
 
