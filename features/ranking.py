@@ -369,7 +369,7 @@ def _ratio_to(bid: np.ndarray, denominator: float | None) -> np.ndarray | float:
     return bid / denominator if denominator is not None and denominator > 0 else _NAN
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # compared by identity: it holds an array
 class FreelancerColumns:
     """A freelancer's part of the model's input that no request changes: a full-width row with
     its store columns filled (NaN elsewhere; read-only, shared between requests), and its skills

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -38,7 +38,7 @@ class Stamped:
 
     values: Mapping[str, Any]
     stamp_us: int | None
-    columns: FreelancerColumns | None = None  # a freelancer's model columns, computed once
+    columns: FreelancerColumns | None = field(default=None, compare=False)  # computed once
 
 
 def _bulk(value: bytes) -> bytes:
