@@ -24,7 +24,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import typer
 from rich.table import Table
 
 from bestmatch.console import console, friendly, progress
+from bestmatch.services import free_port
 from features.errors import ConfigError, FlowError
 from features.settings import Settings
 
@@ -445,12 +445,6 @@ class Watcher(threading.Thread):
             time.sleep(POLL_S)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _events_in(port: int) -> float | None:
     """The stream's `bestmatch_flow_events_in` counter, or None if its endpoint does not answer."""
     try:
@@ -468,7 +462,7 @@ class StreamProcess:
     """`bestmatch stream` on the bench's stores, as a subprocess; always killed by `stop`."""
 
     def __init__(self, settings: Settings, log: Path, trigger_s: float) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = log
         env = {
             **os.environ,

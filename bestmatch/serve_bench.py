@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bestmatch.services import free_port
 from features.errors import ModelError
 from features.settings import Settings
 
@@ -219,12 +220,6 @@ def make_requests(
 
 
 # --- the service over HTTP -----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _http_request(port: int, body: bytes, api_key: str | None) -> bytes:
@@ -562,7 +557,7 @@ def bench_serve(
     say = progress or (lambda _message: None)
     say("building requests from the lake's entities")
     bodies = make_requests(settings, requests, proposals, seed)
-    port = _free_port()
+    port = free_port()
     say(f"starting the service on port {port}")
     process = start_service(settings, port, log_rate)
     service: dict[int, list[Figures]] = {n: [] for n in clients}

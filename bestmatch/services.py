@@ -99,7 +99,7 @@ class ServiceProcess:
         import os
         import sys
 
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(
             os.environ,
@@ -178,7 +178,8 @@ class ServiceProcess:
         self.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for the child processes the commands run)."""
     import socket
 
     with socket.socket() as sock:

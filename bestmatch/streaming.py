@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,11 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from bestmatch.services import free_port
 from features.errors import FlowError
 from features.settings import Settings
 
 _EVENTS_IN = re.compile(rb"^bestmatch_flow_events_in_total ([0-9.e+]+)$", re.MULTILINE)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class StreamProcess:
@@ -31,7 +25,7 @@ class StreamProcess:
     def __init__(
         self, settings: Settings, log: Path, *, workers: int = 1, trigger_s: float | None = None
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         env = dict(
             os.environ,
             BESTMATCH_REDIS_URL=settings.redis_url,
