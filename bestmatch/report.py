@@ -19,17 +19,12 @@ import orjson
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-MODEL_LABELS = {
-    "ranker": "LightGBM ranker",
-    "ranker_no_streaming": "ranker without streaming features",
-    "newest_first": "newest first (default sort)",
-    "lowest_bid": "lowest bid first",
-    "random": "random",
-}
-_METRICS = ("ndcg@5", "ndcg@10", "map")
+from training.evaluation import METRICS
+from training.pipeline import ABLATION, MODEL_LABELS, RANKER
+
 _COLORS = {
-    "ranker": "#2b6cb0",
-    "ranker_no_streaming": "#90cdf4",
+    RANKER: "#2b6cb0",
+    ABLATION: "#90cdf4",
     "newest_first": "#a0aec0",
     "lowest_bid": "#cbd5e0",
     "random": "#e2e8f0",
@@ -47,9 +42,9 @@ def evaluation_figure(evaluation: list[dict[str, Any]]) -> Figure:
     figure = _figure(8, 3.6)
     axes = figure.add_subplot()
     width = 0.8 / max(1, len(evaluation))
-    x = np.arange(len(_METRICS))
+    x = np.arange(len(METRICS))
     for i, row in enumerate(evaluation):
-        values = [float(row[m]) for m in _METRICS]
+        values = [float(row[m]) for m in METRICS]
         bars = axes.bar(
             x + i * width,
             values,
@@ -60,7 +55,7 @@ def evaluation_figure(evaluation: list[dict[str, Any]]) -> Figure:
             linewidth=0.5,
         )
         axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    axes.set_xticks(x + width * (len(evaluation) - 1) / 2, [m.upper() for m in _METRICS])
+    axes.set_xticks(x + width * (len(evaluation) - 1) / 2, [m.upper() for m in METRICS])
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("on the test days")
     axes.set_title("The ranker against the baselines and the ablation")
@@ -224,7 +219,7 @@ def write_report(figures: dict[str, Any], folder: Path, *, consistency: Any = No
     evaluation_rows = [
         (
             MODEL_LABELS.get(row["model"], row["model"]),
-            " / ".join(f"{float(row[m]):.4f}" for m in _METRICS),
+            " / ".join(f"{float(row[m]):.4f}" for m in METRICS),
         )
         for row in training["evaluation"]
     ]
