@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import http.client
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,10 +200,7 @@ def run_demo(
     report_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The demo; returns the report's figures (also written to `report.json`)."""
-    from bestmatch.bench import Watcher, pick_samples
     from bestmatch.marketplace import simulate
-    from bestmatch.streaming import StreamProcess
-    from features.bus import publish
     from features.lake import summarize_lake
     from flows.runner import run_backfill
 
@@ -273,9 +270,7 @@ def run_demo(
     try:
         # 3. stream the last day while the service is up
         with steps.step("stream"):
-            figures["stream"] = _stream_live_day(
-                settings, client, live, rate, work, StreamProcess, Watcher, pick_samples, publish
-            )
+            figures["stream"] = _stream_live_day(settings, client, live, rate, work)
             service.wait_alive()
         print_table("feature stores", summarize_lake(settings))
 
@@ -347,18 +342,18 @@ def _stream_live_day(
     live: Path,
     rate: float | None,
     work: Path,
-    stream_process: Any,
-    watcher_class: Any,
-    pick_samples: Callable[..., Any],
-    publish: Callable[..., int],
 ) -> dict[str, Any]:
     """Publish the last day to the bus with `bestmatch stream` running; time sampled events."""
+    from bestmatch.bench import Watcher, pick_samples
+    from bestmatch.streaming import StreamProcess
+    from features.bus import publish
+
     lines = [line.strip() for line in live.read_bytes().splitlines() if line.strip()]
     warm = min(WARM_UP_EVENTS, len(lines) // 10)
     samples = pick_samples(lines, warm, settings.feast_project, FRESHNESS_EVERY)
-    watcher = watcher_class(redis.Redis.from_url(settings.redis_url))
+    watcher = Watcher(redis.Redis.from_url(settings.redis_url))
     shown = f"{rate:,.0f} events/s" if rate else "full speed"
-    with stream_process(settings, work / "stream.log", trigger_s=STREAM_TRIGGER_S) as stream:
+    with StreamProcess(settings, work / "stream.log", trigger_s=STREAM_TRIGGER_S) as stream:
         stream.wait_ready()
         watcher.start()
         try:
@@ -424,40 +419,55 @@ def wait_offline_complete(
     holds what Redis holds: the stream closes an instant once the bus is quiet, and its sink then
     commits that instant's rows (an entity whose values did not change gets no row)."""
     import polars as pl
-    from deltalake import DeltaTable
 
     from features.engine import route
     from features.events import Rejection, parse_event
-    from features.offline_layout import TIMESTAMP_COLUMN, changelog_uri, record_values
+    from features.offline_layout import (
+        CREATED_COLUMN,
+        TIMESTAMP_COLUMN,
+        changelog_uri,
+        record_values,
+    )
     from features.online_layout import read_entities
     from features.specs import ENTITIES
 
-    events = [e for e in map(parse_event, lines) if type(e) is not Rejection]
-    if not events:
+    newest, touched = None, set()
+    for line in reversed(lines):  # time-ordered: the newest instant is at the end
+        event = parse_event(line)
+        if type(event) is Rejection:
+            continue
+        if newest is not None and event.event_time < newest:  # type: ignore[union-attr]
+            break
+        newest = event.event_time  # type: ignore[union-attr]
+        touched.update(route(event))  # type: ignore[arg-type]
+    if not touched:
         return
-    newest = max(e.event_time for e in events)  # type: ignore[union-attr]
     entities = {e.name: e for e in ENTITIES}
-    touched = sorted(
-        {pair for e in events if e.event_time == newest for pair in route(e)}  # type: ignore[union-attr,arg-type]
-    )
+    wanted = sorted(touched)
     client = redis.Redis.from_url(settings.redis_url)
 
-    def offline_latest(name: str, entity_id: str) -> tuple[Any, ...] | None:
-        entity = entities[name]
-        frame = pl.from_arrow(DeltaTable(changelog_uri(settings, entity)).to_pyarrow_table())
-        assert isinstance(frame, pl.DataFrame)
-        rows = frame.filter(pl.col(entity.join_key) == entity_id).sort(TIMESTAMP_COLUMN)
-        if rows.is_empty():
-            return None
-        return record_values(entity, rows.row(-1, named=True))
+    def offline_latest() -> dict[tuple[str, str], tuple[Any, ...]]:
+        """Each touched entity's newest change-log row (ties: the latest written), as values."""
+        latest = {}
+        for name in {n for n, _ in wanted}:
+            entity = entities[name]
+            rows = (
+                pl.scan_delta(changelog_uri(settings, entity))
+                .filter(pl.col(entity.join_key).is_in([i for n, i in wanted if n == name]))
+                .sort(TIMESTAMP_COLUMN, CREATED_COLUMN)
+                .collect()
+            )
+            for record in rows.iter_rows(named=True):  # in time order: the newest stays
+                latest[(name, record[entity.join_key])] = record_values(entity, record)
+        return latest
 
     def complete() -> bool:
-        online = read_entities(
-            client, settings.feast_project, [(entities[n], i) for n, i in touched]
-        )
+        asked = [(entities[name], entity_id) for name, entity_id in wanted]
+        online = read_entities(client, settings.feast_project, asked)
+        offline = offline_latest()
         return all(
-            offline_latest(name, entity_id) == values
-            for (name, entity_id), values in zip(touched, online, strict=True)
+            offline.get(key) == values
+            for key, values in zip(wanted, online, strict=True)
             if values is not None
         )
 
@@ -527,6 +537,7 @@ def _rank_open_jobs(
 
 
 def _ndcg(figures: dict[str, Any], model: str) -> float | None:
+    """The model's NDCG@10 on the test days, from the figures' evaluation table."""
     for row in figures["training"]["evaluation"]:
         if row["model"] == model:
             return float(row["ndcg@10"])
@@ -535,12 +546,14 @@ def _ndcg(figures: dict[str, Any], model: str) -> float | None:
 
 def summary_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
     """The headline figures, as the terminal and the report show them."""
+    from training.pipeline import ABLATION, RANKER
+
     s, b, st, sv = figures["simulated"], figures["backfill"], figures["stream"], figures["serving"]
     c = figures["consistency"]
     baselines = [
         (row["model"], float(row["ndcg@10"]))
         for row in figures["training"]["evaluation"]
-        if row["model"] not in ("ranker", "ranker_no_streaming")
+        if row["model"] not in (RANKER, ABLATION)
     ]
     best = max(baselines, key=lambda item: item[1]) if baselines else ("-", float("nan"))
 
@@ -555,8 +568,8 @@ def summary_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
             f"p50 {ms(st['freshness_p50_ms'])}, p99 {ms(st['freshness_p99_ms'])} "
             f"({st['sampled'] - st['unseen']} of {st['sampled']} samples)",
         ),
-        ("NDCG@10 ranker", f"{_ndcg(figures, 'ranker'):.4f}"),
-        ("NDCG@10 without streaming features", f"{_ndcg(figures, 'ranker_no_streaming'):.4f}"),
+        ("NDCG@10 ranker", f"{_ndcg(figures, RANKER):.4f}"),
+        ("NDCG@10 without streaming features", f"{_ndcg(figures, ABLATION):.4f}"),
         (f"NDCG@10 best baseline ({best[0]})", f"{best[1]:.4f}"),
         (
             "ranking latency (client side)",
