@@ -1,5 +1,5 @@
 """The routes' dependencies, as named `Annotated` types, and the checks behind them (which
-`routes.rank.RankEndpoint` calls directly, without FastAPI's dependency resolution)."""
+`routes.rank.serve` calls directly, without FastAPI's dependency resolution)."""
 
 from __future__ import annotations
 

@@ -45,6 +45,14 @@ class NotReady(ApiError):
     status = 503
 
 
+class TooLarge(ApiError):
+    status = 413
+
+    @classmethod
+    def body(cls, max_bytes: int) -> TooLarge:
+        return cls(f"the body is over {max_bytes:,} bytes", "body")
+
+
 def field_name(loc: Sequence[Any]) -> str:
     """`("body", "proposals", 3, "bid_amount")` → `proposals[3].bid_amount`."""
     parts = list(loc[1:] if loc and loc[0] in ("body", "header", "query") else loc)
@@ -160,5 +168,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"the body is over {self.max_bytes:,} bytes"
-        await _answer(413, [{"field": "body", "message": message}])(scope, receive, send)
+        refused = TooLarge.body(self.max_bytes)
+        await _answer(413, [{"field": refused.field, "message": refused.message}])(
+            scope, receive, send
+        )

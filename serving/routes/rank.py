@@ -4,12 +4,13 @@ The route runs on the event loop itself, not in the threadpool: its work is a mi
 of CPU and one Redis round trip whose wait is bounded by the client's timeout (and skipped
 while Redis is known to be down), and on one process a thread hop costs more than it frees.
 
-It is answered by `RankEndpoint`, a plain ASGI middleware ahead of FastAPI's request handling:
-the body is read and validated in one step by pydantic's own JSON parser (`model_validate_json`),
-and no dependency is resolved per request. Measured in the service, FastAPI's body parsing,
-dependency resolution and routing cost about as much CPU as ranking the request. The FastAPI route
-below is declared for the OpenAPI schema (the same request and answer models, the same errors) and
-does the same work through `answer` with FastAPI's dependencies, should anything reach it.
+It is answered by `serve`, which `app.RankingApp` calls ahead of Starlette's middleware stack
+and routing: the body is read and validated in one step by pydantic's own JSON parser
+(`model_validate_json`), and no dependency is resolved per request. Measured in the service,
+that stack (error, telemetry and body-limit middleware, routing, body parsing, dependencies) cost
+about as much CPU as ranking the request. The FastAPI route below is declared for the OpenAPI
+schema (the same request and answer models, the same errors) and does the same work through
+`answer` with FastAPI's dependencies, should anything reach it (before the lifespan has run).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from serving.deps import Authorized, Model, State, bearer_token, check_key, current_model
-from serving.errors import ApiError, handle_error
+from serving.errors import ApiError, TooLarge, handle_error
 from serving.metrics import ServingMetrics
 from serving.model import LoadedRanker
 from serving.ranker import freelancer_values, rank_proposals
-from serving.schemas import ErrorAnswer, RankAnswer, RankRequest
+from serving.schemas import MAX_BODY_BYTES, ErrorAnswer, RankAnswer, RankRequest
 from serving.serving_log import ServedRequest, entity_stamps
 from serving.state import ServingState
 from serving.store import RequestFeatures
@@ -98,36 +99,27 @@ def answer(state: ServingState, model: LoadedRanker, body: RankRequest) -> bytes
     return ranking.body
 
 
-class RankEndpoint:
-    """ASGI middleware that answers `POST /v1/rank` itself and hands everything else on.
+async def serve(state: ServingState, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer one `POST /v1/rank` (`app.RankingApp` routes it here ahead of Starlette's stack).
 
-    Installed inside `BodyLimit` (413 stays where it was) and outside FastAPI's exception
-    middleware, so it maps its errors with the one handler, `errors.handle_error`.
+    Does what that stack did for this path: refuses a body over `MAX_BODY_BYTES` with 413 (a
+    declared Content-Length at once, a chunked body once it grows past it), maps every error
+    with the one handler (`errors.handle_error`), unexpected ones to 500.
     """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+    try:
+        if state.api_key is not None:
+            check_key(state, bearer_token(_header(scope, b"authorization")))
+        body = await _body(scope, receive)
+        if body is None:  # the client went away
             return
-        state: ServingState = scope["app"].state.serving
-        try:
-            if state.api_key is not None:
-                check_key(state, bearer_token(_header(scope, b"authorization")))
-            body = await _body(receive)
-            if body is None:  # the client went away
-                return
-            request = parse(body)
-            payload = answer(state, current_model(state), request)
-        except Exception as exc:  # mapped as FastAPI's handlers would; unexpected ones: 500
-            response = await handle_error(Request(scope, receive), exc)
-            await response(scope, receive, send)
-            return
-        headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        payload = answer(state, current_model(state), parse(body))
+    except Exception as exc:  # mapped as FastAPI's handlers would; unexpected ones: 500
+        response = await handle_error(Request(scope, receive), exc)
+        await response(scope, receive, send)
+        return
+    headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -137,13 +129,21 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _body(receive: Receive) -> bytes | None:
+async def _body(scope: Scope, receive: Receive) -> bytes | None:
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise TooLarge.body(MAX_BODY_BYTES)
     chunks = []
+    total = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            raise TooLarge.body(MAX_BODY_BYTES)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
