@@ -11,6 +11,18 @@ followed by the project name. In it, per feature view:
 - `_us:<view>` -> the same time as decimal microseconds. Feast never reads it; `write_entities`
   compares against it so a replayed older value never overwrites a newer one.
 
+Beside each hash, under `record_key` (`bm:r:` then the hash key: no Feast key starts so, and
+Feast's scans of `<entity key prefix>*<project>` never meet it), a string holds the same values
+packed for serving, so a reader gets a whole entity with one `MGET`:
+
+    b"bmr1" | fingerprint (8 bytes) | stamp (µs, int64 LE) | per feature: varint length, value
+
+The fingerprint is of the view and its ordered features' names and dtypes, so a record written by
+another feature schema is recognised (`decode_record` answers None) and the hash is read instead.
+Each value is the very bytes its hash field holds (empty for null). The same guarded script call
+writes both, so they never disagree. A writer that changes a hash another way (e.g. `feast
+materialize`) must delete the record, or readers of the record keep the older values.
+
 The protobuf bytes are built and read by hand (a few fixed wire-format shapes), because this runs
 once per entity change; the tests check keys, fields and values byte for byte against Feast's own
 functions and protobuf classes. TIMESTAMP features are kept at whole seconds: Feast's
@@ -30,13 +42,16 @@ import mmh3
 import redis
 
 from features.errors import StoreError
-from features.specs import Dtype, Entity, features_of, view_name
+from features.specs import Dtype, Entity, FeatureSpec, features_of, view_name
 
 ENTITY_KEY_SERIALIZATION_VERSION = 3
 SECOND_US = 1_000_000
 VALUE_TYPE_STRING = 2  # feast.types.Value.ValueType.STRING
 _NULL_TIMESTAMP = -(2**63)  # how Feast's own writers (materialize) store a null UnixTimestamp
+RECORD_PREFIX = b"bm:r:"
+RECORD_FORMAT = b"bmr1"  # a new record format takes a new tag
 _pack_u32 = struct.Struct("<I").pack
+_STAMP = struct.Struct("<q")
 
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
@@ -353,6 +368,7 @@ class EntityLayout:
     stamp_field: bytes
     encoders: tuple[Encoder, ...]
     dtypes: tuple[Dtype, ...]
+    record_head: bytes  # the record's format tag and this layout's fingerprint
 
     @property
     def read_fields(self) -> tuple[bytes, ...]:
@@ -364,6 +380,12 @@ def entity_key_prefix(join_key: str) -> bytes:
     """Feast's `serialize_entity_key_prefix([join_key])`, version 3: count, then typed key."""
     encoded = join_key.encode()
     return _pack_u32(1) + _pack_u32(VALUE_TYPE_STRING) + _pack_u32(len(encoded)) + encoded
+
+
+def _fingerprint(view: str, specs: Sequence[FeatureSpec]) -> bytes:
+    """8 bytes that change whenever the view's features, their order or their dtypes do."""
+    described = "\n".join([view, *(f"{spec.name}:{spec.dtype.value}" for spec in specs)])
+    return hashlib.blake2b(described.encode(), digest_size=8).digest()
 
 
 @cache
@@ -379,6 +401,7 @@ def _build_layout(entity: Entity) -> EntityLayout:
         stamp_field=f"_us:{view}".encode(),
         encoders=tuple(_CODECS[spec.dtype][1] for spec in specs),
         dtypes=tuple(spec.dtype for spec in specs),
+        record_head=RECORD_FORMAT + _fingerprint(view, specs),
     )
 
 
@@ -406,21 +429,70 @@ def redis_key(project: str, entity: Entity, entity_id: str) -> bytes:
     return layout(entity).key_prefix + _pack_u32(len(encoded)) + encoded + project.encode()
 
 
+def record_key(project: str, entity: Entity, entity_id: str) -> bytes:
+    """The key of an entity's serving record: `RECORD_PREFIX`, then its hash key."""
+    return RECORD_PREFIX + redis_key(project, entity, entity_id)
+
+
 # --- whole entities ---------------------------------------------------------------------------
 
 
-def _feature_items(lay: EntityLayout, values: Sequence[Any]) -> list[bytes]:
-    """`[field, value, field, value, ...]` of an entity's features: the HSET arguments."""
+def _encoded(lay: EntityLayout, values: Sequence[Any]) -> list[bytes]:
+    """Each feature's value bytes, as its hash field holds them (b"" for null)."""
     if len(values) != len(lay.fields):
         msg = f"{lay.view}: expected {len(lay.fields)} values, got {len(values)}"
         raise ValueError(msg)
-    items = [b""] * (2 * len(values))
-    items[::2] = lay.fields
-    items[1::2] = [
+    return [
         b"" if value is None else encode(value)
         for encode, value in zip(lay.encoders, values)  # noqa: B905 (length checked)
     ]
+
+
+def _feature_items(lay: EntityLayout, encoded: list[bytes]) -> list[bytes]:
+    """`[field, value, field, value, ...]` of an entity's features: the HSET arguments."""
+    items = [b""] * (2 * len(encoded))
+    items[::2] = lay.fields
+    items[1::2] = encoded
     return items
+
+
+def _record(lay: EntityLayout, encoded: list[bytes], stamp_us: int) -> bytes:
+    parts = [lay.record_head, _STAMP.pack(stamp_us)]
+    for raw in encoded:
+        size = len(raw)
+        parts += (_VARINTS[size] if size < _SMALL else _varint(size), raw)
+    return b"".join(parts)
+
+
+def encode_record(entity: Entity, values: Sequence[Any], stamp_us: int) -> bytes:
+    """An entity's serving record: its values as of `stamp_us`, packed (see the top)."""
+    lay = layout(entity)
+    return _record(lay, _encoded(lay, values), stamp_us)
+
+
+def decode_record(entity: Entity, raw: bytes) -> tuple[tuple[Any, ...], int] | None:
+    """An entity's values and change stamp (µs) from its serving record; None where the record
+    is of another format or feature schema (then its hash is the one to read)."""
+    lay = layout(entity)
+    head = lay.record_head
+    if not raw.startswith(head):
+        return None
+    values = []
+    try:
+        (stamp_us,) = _STAMP.unpack_from(raw, len(head))
+        pos = len(head) + _STAMP.size
+        for dtype in lay.dtypes:
+            size, start = _read_varint(raw, pos)
+            pos = start + size
+            if pos > len(raw):
+                break
+            values.append(decode_value(dtype, raw[start:pos]) if size else None)
+    except (IndexError, struct.error):
+        pos = -1
+    if pos != len(raw) or len(values) != len(lay.dtypes):
+        msg = f"{lay.view}: a serving record of {len(raw)} bytes is cut short or too long"
+        raise StoreError(msg)
+    return tuple(values), stamp_us
 
 
 def encode_entity(
@@ -428,7 +500,7 @@ def encode_entity(
 ) -> tuple[bytes, dict[bytes, bytes]]:
     """An entity's hash key and the HSET mapping that stores `values` as of `stamp_us`."""
     lay = layout(entity)
-    items = _feature_items(lay, values)
+    items = _feature_items(lay, _encoded(lay, values))
     mapping = dict(zip(items[::2], items[1::2], strict=True))
     mapping[lay.ts_field] = _event_time(stamp_us)
     mapping[lay.stamp_field] = str(stamp_us).encode()
@@ -446,18 +518,20 @@ def decode_entity(entity: Entity, mapping: Mapping[bytes, bytes]) -> tuple[Any, 
     )
 
 
-# Per key, writes only when the stored stamp is absent or <= the new one: replays never go back
-# in time. ARGV holds, per key in turn: the stamp field, the stamp, n, then n HSET arguments.
+# Per entity, writes only when the stored stamp is absent or <= the new one: replays never go back
+# in time. KEYS holds, per entity, its hash key and its record key; ARGV, per entity in turn: the
+# stamp field, the stamp, n, then n HSET arguments, then the record.
 _GUARDED_HSET = """
 local applied, a = 0, 1
-for _, key in ipairs(KEYS) do
+for k = 1, #KEYS, 2 do
   local n = tonumber(ARGV[a + 2])
-  local current = redis.call('HGET', key, ARGV[a])
+  local current = redis.call('HGET', KEYS[k], ARGV[a])
   if not current or tonumber(current) <= tonumber(ARGV[a + 1]) then
-    redis.call('HSET', key, ARGV[a], ARGV[a + 1], unpack(ARGV, a + 3, a + 2 + n))
+    redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 1], unpack(ARGV, a + 3, a + 2 + n))
+    redis.call('SET', KEYS[k + 1], ARGV[a + 3 + n])
     applied = applied + 1
   end
-  a = a + 3 + n
+  a = a + 4 + n
 end
 return applied
 """
@@ -472,7 +546,8 @@ def write_entities(client: redis.Redis, project: str, updates: Iterable[EntityUp
 
     An update older than what the hash already holds for its view is skipped, inside Redis, so
     concurrent writers and replays after a crash cannot move a value back in time. Updates are
-    applied in order, so of two for one entity at the same stamp the later one wins.
+    applied in order, so of two for one entity at the same stamp the later one wins. The same
+    check in the same script call writes, or skips, the entity's serving record.
     """
     calls = _guarded_calls(project, updates)
     if not calls:
@@ -494,11 +569,13 @@ def _guarded_calls(project: str, updates: Iterable[EntityUpdate]) -> list[list[A
     args: list[Any] = []
     for entity, entity_id, values, stamp_us in updates:
         lay = layout(entity)
-        items = _feature_items(lay, values)
-        keys.append(redis_key(project, entity, entity_id))
+        encoded = _encoded(lay, values)
+        items = _feature_items(lay, encoded)
+        key = redis_key(project, entity, entity_id)
+        keys += (key, RECORD_PREFIX + key)
         args += (lay.stamp_field, stamp_us, len(items) + 2, *items, lay.ts_field)
-        args.append(_event_time(stamp_us))
-        if len(keys) == _ENTITIES_PER_CALL:
+        args += (_event_time(stamp_us), _record(lay, encoded, stamp_us))
+        if len(keys) == 2 * _ENTITIES_PER_CALL:
             calls.append([len(keys), *keys, *args])
             keys, args = [], []
     if keys:

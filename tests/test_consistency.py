@@ -38,7 +38,14 @@ from bestmatch.consistency import (
 )
 from bestmatch.marketplace import simulate
 from features.errors import StoreError
-from features.online_layout import EntityUpdate, layout, read_entities, redis_key, write_entities
+from features.online_layout import (
+    EntityUpdate,
+    layout,
+    read_entities,
+    record_key,
+    redis_key,
+    write_entities,
+)
 from features.ranking import MODEL_FEATURES, STORE_FEATURES
 from features.settings import Settings
 from features.specs import CLIENT, FEATURES_BY_NAME, FREELANCER, JOB, features_of
@@ -201,23 +208,28 @@ def _freelancers_of(world: World, job_id: str) -> list[str]:
 
 @dataclass
 class _Saved:
-    """A Redis hash as it was, to put back."""
+    """A Redis hash and its serving record (what the service reads) as they were, to put back."""
 
     key: bytes
     mapping: dict[bytes, bytes]
+    record_key: bytes
+    record: bytes | None
 
 
 def _save(world: World, entity_id: str) -> _Saved:
     client = redis.Redis.from_url(world.settings.redis_url)
     key = redis_key(world.settings.feast_project, FREELANCER, entity_id)
-    return _Saved(key, client.hgetall(key))
+    rkey = record_key(world.settings.feast_project, FREELANCER, entity_id)
+    return _Saved(key, client.hgetall(key), rkey, client.get(rkey))
 
 
 def _restore(world: World, saved: _Saved) -> None:
     client = redis.Redis.from_url(world.settings.redis_url)
-    client.delete(saved.key)
+    client.delete(saved.key, saved.record_key)
     if saved.mapping:
         client.hset(saved.key, mapping=saved.mapping)  # type: ignore[arg-type]
+    if saved.record is not None:
+        client.set(saved.record_key, saved.record)
 
 
 def _freelancer_values(world: World, freelancer_id: str) -> tuple[Any, ...]:
@@ -330,7 +342,7 @@ def test_missing_values_on_either_side_are_counted(world: World) -> None:
     saved = _save(world, gone)
     ghost = _save(world, "f-ghost")
     client = redis.Redis.from_url(world.settings.redis_url)
-    client.delete(saved.key)
+    client.delete(saved.key, saved.record_key)
     update = EntityUpdate(FREELANCER, "f-ghost", ghost_values, 1_000_000)
     write_entities(client, world.settings.feast_project, [update])
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 import subprocess
@@ -18,6 +19,7 @@ from feast.protos.feast.types import Value_pb2
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import StringList, ValueType
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from google.protobuf.internal.decoder import _DecodeVarint
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,17 +28,21 @@ from features import online_layout
 from features.errors import StoreError
 from features.feast_repo import feature_refs
 from features.online_layout import (
+    RECORD_FORMAT,
     VALUE_TYPE_STRING,
     EntityUpdate,
     decode_entity,
+    decode_record,
     decode_value,
     encode_entity,
     encode_event_time,
+    encode_record,
     encode_value,
     entity_key_prefix,
     feature_field,
     layout,
     read_entities,
+    record_key,
     redis_key,
     write_entities,
 )
@@ -313,6 +319,9 @@ def test_write_entities_in_many_script_calls_keeps_order_and_guards(redis_url: s
     assert applied == expected_applied - n
     requests = [(u.entity, u.entity_id) for u in latest.values()]
     assert read_entities(client, PROJECT, requests) == [tuple(u.values) for u in latest.values()]
+    assert read_records(client, requests) == [
+        (tuple(u.values), u.stamp_us) for u in latest.values()
+    ]
 
 
 def test_write_entities_reloads_its_script_after_a_flush(redis_url: str) -> None:
@@ -321,6 +330,129 @@ def test_write_entities_reloads_its_script_after_a_flush(redis_url: str) -> None
     client.script_flush()
     assert write_entities(client, PROJECT, [EntityUpdate(CLIENT, "c-1", values, 10)]) == 1
     assert read_entities(client, PROJECT, [(CLIENT, "c-1")]) == [values]
+    assert read_records(client, [(CLIENT, "c-1")]) == [(values, 10)]
+
+
+# --- serving records ---------------------------------------------------------------------------
+
+
+def read_records(
+    client: redis.Redis, requests: list[tuple[Entity, str]]
+) -> list[tuple[tuple[Any, ...], int] | None]:
+    keys = [record_key(PROJECT, entity, entity_id) for entity, entity_id in requests]
+    raws = client.mget(keys)
+    return [
+        None if raw is None else decode_record(entity, raw)
+        for (entity, _), raw in zip(requests, raws, strict=True)
+    ]
+
+
+def record_parts(raw: bytes) -> tuple[bytes, int, list[bytes]]:
+    """A record split by hand: its head, its stamp, its values' bytes."""
+    head, (stamp,), pos = raw[:12], struct.unpack_from("<q", raw, 12), 20
+    values = []
+    while pos < len(raw):
+        size, pos = _DecodeVarint(raw, pos)
+        values.append(raw[pos : pos + size])
+        pos += size
+    assert pos == len(raw)
+    return head, stamp, values
+
+
+def test_records_hold_the_hash_values_bytes_and_stamp(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    rng = random.Random(21)
+    updates = [
+        EntityUpdate(entity, f"e-{n}-ü", random_values(rng, entity), stamp)
+        for entity in ENTITIES
+        for n, stamp in enumerate((-(2**40) - 1, 1, 1_700_000_000_123_456))
+    ]
+    long = list(random_values(rng, JOB))  # a value of over 2**14 bytes: a longer length prefix
+    long[next(i for i, s in enumerate(features_of(JOB)) if s.dtype is Dtype.STRING)] = "x" * 20_000
+    updates.append(EntityUpdate(JOB, "long", tuple(long), 5))
+    assert any(None in u.values for u in updates)
+    assert write_entities(client, PROJECT, updates) == len(updates)
+    requests = [(u.entity, u.entity_id) for u in updates]
+    stored = read_entities(client, PROJECT, requests)
+    assert read_records(client, requests) == [
+        (values, u.stamp_us) for values, u in zip(stored, updates, strict=True)
+    ]
+    for u in updates:
+        lay = layout(u.entity)
+        raw = client.get(record_key(PROJECT, u.entity, u.entity_id))
+        assert raw == encode_record(u.entity, u.values, u.stamp_us)
+        head, stamp, values = record_parts(raw)
+        mapping = client.hgetall(redis_key(PROJECT, u.entity, u.entity_id))
+        assert head == lay.record_head and head.startswith(RECORD_FORMAT)
+        assert stamp == u.stamp_us == int(mapping[lay.stamp_field])
+        assert values == [mapping[field] for field in lay.fields]  # one value encoding
+
+
+def test_record_keys_are_apart_from_feasts_keys() -> None:
+    for entity in ENTITIES:
+        key = record_key(PROJECT, entity, "e-1")
+        assert key == b"bm:r:" + redis_key(PROJECT, entity, "e-1")
+        # Feast's keys (and its scans for a view's keys) begin with the entity key prefix.
+        assert not key.startswith(entity_key_prefix(entity.join_key)[:4])
+    assert len({layout(e).record_head for e in ENTITIES}) == len(ENTITIES)
+
+
+def test_a_record_of_another_schema_or_format_is_not_read() -> None:
+    values = random_values(random.Random(2), FREELANCER)
+    raw = encode_record(FREELANCER, values, 7)
+    assert decode_record(FREELANCER, raw) == (values, 7)
+    assert decode_record(JOB, raw) is None
+    assert decode_record(FREELANCER, b"bmr0" + raw[4:]) is None
+    assert decode_record(FREELANCER, b"") is None
+    fingerprint = online_layout._fingerprint
+    view, specs = view_name(FREELANCER), list(features_of(FREELANCER))
+    assert fingerprint(view, specs) == layout(FREELANCER).record_head[4:]
+    others = [
+        specs[1:],
+        [specs[1], specs[0], *specs[2:]],
+        [dataclasses.replace(specs[0], name="renamed"), *specs[1:]],
+        [dataclasses.replace(specs[0], dtype=Dtype.STRING), *specs[1:]],
+    ]
+    assert specs[0].dtype is not Dtype.STRING
+    assert all(fingerprint(view, other) != fingerprint(view, specs) for other in others)
+    assert fingerprint("other_view", specs) != fingerprint(view, specs)
+
+
+@pytest.mark.parametrize("cut", [1, 8, 13])
+def test_a_damaged_record_is_an_error(cut: int) -> None:
+    raw = encode_record(CLIENT, random_values(random.Random(9), CLIENT), 7)
+    with pytest.raises(StoreError, match="serving record"):
+        decode_record(CLIENT, raw[:-cut])
+    with pytest.raises(StoreError, match="serving record"):
+        decode_record(CLIENT, raw + b"\x00")
+
+
+def test_the_guard_decides_for_hash_and_record_together(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    rng = random.Random(12)
+    old, new, newer = (random_values(rng, FREELANCER) for _ in range(3))
+    key, rkey = redis_key(PROJECT, FREELANCER, "f-1"), record_key(PROJECT, FREELANCER, "f-1")
+
+    def both() -> tuple[dict[bytes, bytes], bytes | None]:
+        return client.hgetall(key), client.get(rkey)
+
+    assert write_entities(client, PROJECT, [EntityUpdate(FREELANCER, "f-1", new, 2_000)]) == 1
+    written = both()
+    assert decode_record(FREELANCER, written[1]) == (new, 2_000)  # type: ignore[arg-type]
+    # Older: neither changes.
+    assert write_entities(client, PROJECT, [EntityUpdate(FREELANCER, "f-1", old, 1_999)]) == 0
+    assert both() == written
+    # Same stamp, later update: both change. Newer: both change.
+    assert write_entities(client, PROJECT, [EntityUpdate(FREELANCER, "f-1", newer, 2_000)]) == 1
+    assert read_records(client, [(FREELANCER, "f-1")]) == [(newer, 2_000)]
+    assert read_entities(client, PROJECT, [(FREELANCER, "f-1")]) == [newer]
+    batch = [
+        EntityUpdate(FREELANCER, "f-1", old, 3_000),
+        EntityUpdate(FREELANCER, "f-1", new, 2_500),
+    ]
+    assert write_entities(client, PROJECT, batch) == 1
+    assert read_records(client, [(FREELANCER, "f-1")]) == [(old, 3_000)]
+    assert read_entities(client, PROJECT, [(FREELANCER, "f-1")]) == [old]
 
 
 def test_feast_reads_what_the_layout_writes(feast_store: FeatureStore, settings: Settings) -> None:
