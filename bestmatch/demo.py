@@ -53,12 +53,14 @@ def split_last_day(events: Path, history: Path, live: Path) -> tuple[int, int]:
 
 
 def reset_online(client: redis.Redis, settings: Settings) -> int:
-    """Delete the project's entities and the event bus from Redis (and nothing else there): the
-    demo's own stores start empty, so an earlier run's newer values cannot mask this one's."""
-    from features.online_layout import layout
+    """Delete the project's entities (Feast's hashes and the serving records) and the event bus
+    from Redis (and nothing else there): the demo's own stores start empty, so an earlier run's
+    newer values cannot mask this one's. Returns how many entities were deleted."""
+    from features.online_layout import RECORD_PREFIX, layout
     from features.specs import ENTITIES
 
-    prefixes = tuple(layout(entity).key_prefix for entity in ENTITIES)
+    hashes = [layout(entity).key_prefix for entity in ENTITIES]
+    prefixes = (*hashes, *(RECORD_PREFIX + prefix for prefix in hashes))  # and serving records
     project = settings.feast_project.encode()
     pattern = b"*" + project  # Feast project names are letters, digits and underscores
     keys = [
@@ -69,7 +71,7 @@ def reset_online(client: redis.Redis, settings: Settings) -> int:
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])
     client.delete(settings.stream_key)
-    return len(keys)
+    return sum(not key.startswith(RECORD_PREFIX) for key in keys)
 
 
 # --- the open jobs of the streamed day -------------------------------------------------------
