@@ -322,13 +322,21 @@ def _last_backfill(settings: Settings) -> Path:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Processes answering on the port, each with its own model and Redis "
+            "connections (default: BESTMATCH_SERVE_WORKERS, else 1).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the ranking API (POST /v1/rank, /healthz, /readyz, /metrics, /openapi.json)."""
     from serving import run
 
     settings = _settings()
     console.print(f"serving on http://{host}:{port} (OpenAPI at /docs)")
-    run(settings, host, port)
+    run(settings, host, port, workers=workers)
 
 
 @app.command()

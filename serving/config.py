@@ -40,3 +40,7 @@ class ServingSettings(BaseSettings):
     """Reasons per proposal when a request asks `explain`."""
     predict_threads: int = Field(default=1, ge=1)
     """LightGBM threads per prediction: one request is small, threads only add overhead."""
+    workers: int = Field(default=1, ge=1)
+    """Processes answering on the port (`bestmatch serve --workers`): 1 serves in the command's
+    own process; more are uvicorn's workers, each with its own model, Redis connections and
+    serving-log writer. About one per core: ranking is CPU work, one process uses one core."""

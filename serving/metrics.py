@@ -1,8 +1,18 @@
-"""The service's Prometheus metrics, in a registry of its own (one per app: no global state)."""
+"""The service's Prometheus metrics, in a registry of its own (one per app: no global state).
+
+With several worker processes (`run(..., workers=N)`), prometheus_client keeps every value in
+files under one folder (its multiprocess mode, chosen when a worker first imports it: `run` sets
+PROMETHEUS_MULTIPROC_DIR before it starts them), and `/metrics` sums those files over the workers
+instead of reading this process's registry. The gauges say how (`multiprocess_mode`).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from features.specs import ENTITIES
 
@@ -43,7 +53,10 @@ class ServingMetrics:
             registry=r,
         )
         self.store_up = Gauge(
-            "bestmatch_online_store_up", "1 while the last store read or ping worked.", registry=r
+            "bestmatch_online_store_up",
+            "1 while the last store read or ping worked.",
+            multiprocess_mode="livemostrecent",  # the last read of any live worker
+            registry=r,
         )
         missing = Counter(
             "bestmatch_missing_entities",
@@ -63,10 +76,12 @@ class ServingMetrics:
         self.feature_age = {e.name: ages.labels(e.name) for e in ENTITIES}
         self.model_info = Gauge(
             "bestmatch_model_info",
-            "The model being served (value 1), by name and version.",
+            "The model being served (value 1; 0: one served before), by name and version.",
             ["name", "version"],
+            multiprocess_mode="livemax",  # 1 while any live worker serves it
             registry=r,
         )
+        self._served: tuple[str, str] | None = None
         self.model_loads = Counter(
             "bestmatch_model_loads",
             "Models put in service: the first one, then one per move of the alias.",
@@ -87,5 +102,39 @@ class ServingMetrics:
         )
 
     def serving_model(self, name: str, version: str) -> None:
-        self.model_info.clear()
+        # The previous model goes to 0 rather than away: removing labels is not possible in
+        # prometheus_client's multiprocess mode (the worker's file keeps them).
+        if self._served is not None:
+            self.model_info.labels(*self._served).set(0)
+        self._served = (name, version)
         self.model_info.labels(name, version).set(1)
+
+    def exposition(self, shared_dir: str | None = None) -> bytes:
+        """The text `/metrics` answers: this registry's, or with `shared_dir` (the folder the
+        workers of one `run` share) the sums over every worker, live or gone."""
+        if shared_dir is None:
+            return generate_latest(self.registry)
+        forget_dead_workers(shared_dir)
+        every = CollectorRegistry()
+        MultiProcessCollector(every, path=shared_dir)
+        return generate_latest(every)
+
+
+def forget_dead_workers(shared_dir: str) -> None:
+    """Drop the live gauges of workers that are gone (uvicorn replaces a worker that dies; its
+    counters and histograms stay in the sums, its "live" gauges must not). What
+    `prometheus_client.multiprocess.mark_process_dead` does, for any pid, by any worker."""
+    for path in Path(shared_dir).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        if not _alive(pid):
+            path.unlink(missing_ok=True)  # a sibling worker may be dropping it too
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

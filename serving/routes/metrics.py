@@ -1,10 +1,10 @@
-"""`GET /metrics`: Prometheus's text format."""
+"""`GET /metrics`: Prometheus's text format (summed over the workers when there are several)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.deps import State
 
@@ -16,5 +16,6 @@ router = APIRouter(tags=["metrics"])
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics."}},
 )
-async def metrics(state: State) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(state: State, request: Request) -> Response:
+    text = state.metrics.exposition(request.app.state.metrics_dir)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
