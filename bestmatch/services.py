@@ -96,13 +96,11 @@ class ServiceProcess:
     """
 
     def __init__(self, settings: Settings, log: Path, serving: dict[str, str] | None = None):
-        import os
         import sys
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(
-            os.environ,
+        env = child_env(
             BESTMATCH_REDIS_URL=settings.redis_url,
             BESTMATCH_LAKE=settings.lake,
             **{f"BESTMATCH_SERVE_{k}": v for k, v in (serving or {}).items()},
@@ -176,6 +174,22 @@ class ServiceProcess:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+# Importing feast (its `feast.metrics`) points both at a temporary folder of its own, which puts
+# every later prometheus_client importer in multiprocess mode writing there: a child we start
+# must not inherit that (it would write into a folder the parent deletes at exit).
+_FOREIGN_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
+def child_env(**variables: str) -> dict[str, str]:
+    """The environment of a child process we start: ours, with `variables`, without Feast's
+    Prometheus folder."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_VARIABLES}
+    env.update(variables)
+    return env
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from bestmatch.services import free_port
+from bestmatch.services import child_env, free_port
 from features.errors import FlowError
 from features.settings import Settings
 
@@ -26,8 +25,7 @@ class StreamProcess:
         self, settings: Settings, log: Path, *, workers: int = 1, trigger_s: float | None = None
     ) -> None:
         self.port = free_port()
-        env = dict(
-            os.environ,
+        env = child_env(
             BESTMATCH_REDIS_URL=settings.redis_url,
             BESTMATCH_LAKE=settings.lake,
             BESTMATCH_STREAM_KEY=settings.stream_key,

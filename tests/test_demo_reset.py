@@ -1,13 +1,16 @@
-"""`bestmatch demo` starts from empty stores: `reset_online` deletes the project's entities (Feast's
-hashes and the serving records) and the event bus, and nothing else in Redis."""
+"""`bestmatch demo` starts from empty stores: `reset_online` deletes the project's entities
+(Feast's hashes and the serving records) and the event bus, and nothing else in Redis; and the
+processes it starts do not inherit what importing Feast set."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
 import redis
 
 from bestmatch.demo import reset_online
+from bestmatch.services import child_env
 from features.online_layout import EntityUpdate, record_key, redis_key, write_entities
 from features.settings import Settings
 from features.specs import FREELANCER, JOB
@@ -37,3 +40,14 @@ def test_reset_online_deletes_hashes_records_and_the_bus_only(settings: Settings
     assert client.exists(record_key("another_project", JOB, "j-1"))
     assert not client.exists(settings.stream_key)
     assert client.get("unrelated") == b"kept"
+
+
+def test_children_do_not_inherit_feasts_prometheus_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/feast_metrics_x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROCESS_DIR", "/tmp/feast_metrics_x")
+    monkeypatch.setenv("BESTMATCH_KEPT", "yes")
+    env = child_env(BESTMATCH_LAKE="/lake")
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env
+    assert "PROMETHEUS_MULTIPROCESS_DIR" not in env
+    assert env["BESTMATCH_KEPT"] == "yes"
+    assert env["BESTMATCH_LAKE"] == "/lake"
