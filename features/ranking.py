@@ -36,6 +36,10 @@ missing) on random jobs and proposals, polars' rules included (a comparison with
 
 from __future__ import annotations
 
+import itertools
+import operator
+import struct
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -266,48 +270,79 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-# --- the one-request form of `model_frame`, in numpy ------------------------------------------
+# --- the one-request form of `model_frame`, in numpy -------------------------------------------
+# With ~50 proposals a numpy call costs about as much as a Python loop over the column, a few
+# microseconds, so each column is one or two numpy calls writing into the matrix in place; what
+# only Python computes (letter lengths, skill counts) is packed into float64 by `struct`, several
+# times faster than `np.array` converts a list, and the freelancers' columns are joined from the
+# bytes `freelancer_columns` kept. The cover letters are searched once per job skill, joined.
 
 _NAN = float("nan")
 _C = {name: i for i, name in enumerate(MODEL_FEATURES)}  # each model feature's column
 
 
+def _where(columns: Sequence[int]) -> slice | list[int]:
+    """Columns of the matrix as an index: a slice where they are consecutive (faster to write)."""
+    first = columns[0]
+    if list(columns) == list(range(first, first + len(columns))):
+        return slice(first, first + len(columns))
+    return list(columns)
+
+
 @dataclass(frozen=True, slots=True)
 class _StoreColumns:
-    """The store-feature columns one entity kind fills: the numbers (where, from which value),
-    then the category codes (where, from which value, each category's code)."""
+    """The store-feature columns one entity kind fills, in column order: where they are, which
+    value each reads, and for a category each category's code (None for a number)."""
 
-    numbers: list[int]
-    number_sources: tuple[str, ...]
-    coded: tuple[tuple[int, str, dict[Any, float]], ...]
+    where: slice | list[int]
+    sources: tuple[str, ...]
+    codes: tuple[dict[Any, float] | None, ...]
+
+    def values(self, entity: Mapping[str, Any]) -> list[Any]:
+        """The entity's values in column order; an unknown category is NaN."""
+        return [
+            entity.get(source) if codes is None else codes.get(entity.get(source), _NAN)
+            for source, codes in zip(self.sources, self.codes, strict=True)
+        ]
 
     def fill(self, out: np.ndarray, entities: Sequence[Mapping[str, Any]]) -> None:
         """Each entity's values into its row of `out` (one entity: every row). None is NaN."""
-        rows = [tuple(map(values.get, self.number_sources)) for values in entities]
-        out[:, self.numbers] = np.array(rows, dtype=np.float64)  # None -> NaN, bool -> 0/1
-        for column, source, codes in self.coded:
-            out[:, column] = [codes.get(values.get(source), _NAN) for values in entities]
+        rows = [self.values(entity) for entity in entities]
+        out[:, self.where] = np.array(rows, dtype=np.float64)  # None -> NaN, bool -> 0/1
 
 
 def _store_columns(freelancer: bool) -> _StoreColumns:
-    picked = [
+    picked = [  # in column order, as `STORE_MODEL_FEATURES` is
         (_C[f.name], FEATURES_BY_NAME[f.sources[0]])
         for f in STORE_MODEL_FEATURES
         if (FEATURES_BY_NAME[f.sources[0]].entity == FREELANCER) == freelancer
     ]
     return _StoreColumns(
-        [column for column, spec in picked if not spec.categories],
-        tuple(spec.name for _, spec in picked if not spec.categories),
+        _where([column for column, _ in picked]),
+        tuple(spec.name for _, spec in picked),
         tuple(
-            (column, spec.name, {c: float(i) for i, c in enumerate(spec.categories)})
-            for column, spec in picked
-            if spec.categories
+            {c: float(i) for i, c in enumerate(spec.categories)} if spec.categories else None
+            for _, spec in picked
         ),
     )
 
 
 _FREELANCER_COLUMNS = _store_columns(freelancer=True)
 _JOB_COLUMNS = _store_columns(freelancer=False)  # the job's and its client's
+# bid / a freelancer's value: where the ratios go, and the values they divide by
+_FREELANCER_RATIOS = _where([_C["bid_to_hourly_rate"], _C["bid_to_fl_bid_avg_7d"]])
+_FREELANCER_DIVISORS = [_C["fl_hourly_rate"], _C["fl_bid_avg_7d"]]
+
+
+def _divisors(values: np.ndarray) -> np.ndarray:
+    """What a bid is divided by: the value where positive, NaN elsewhere (missing, NaN, <= 0),
+    so that the ratio is missing there (NaN divides to NaN)."""
+    return np.where(values > 0, values, _NAN)
+
+
+def _divisor(value: Any) -> float:
+    """`_divisors` for one store value (None: missing)."""
+    return float(value) if value is not None and value > 0 else _NAN
 
 
 def _lower(texts: Sequence[str]) -> list[str]:
@@ -326,57 +361,102 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _ratios(bid: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """`bid / denominator` where the denominator is positive; NaN elsewhere (missing, NaN, <= 0)."""
-    return np.divide(bid, denominator, out=np.full(len(bid), _NAN), where=denominator > 0)
-
-
-def _within(bid: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+def _within(bid: np.ndarray, low: float | None, high: float | None) -> np.ndarray | float:
     """`low <= bid <= high` as polars computes it: a null bound is unknown (false AND unknown is
     false), and NaN is above every number."""
-    n = len(bid)
-    above = None if low is None else (np.zeros(n, bool) if low != low else bid >= low)
-    below = None if high is None else (np.ones(n, bool) if high != high else bid <= high)
-    if above is not None and below is not None:
-        return (above & below).astype(np.float64)
-    known = above if above is not None else below
-    if known is None:
-        return np.full(n, _NAN)
-    return np.where(known, _NAN, 0.0)
+    if low is not None and high is not None:
+        if low != low:
+            return 0.0
+        return bid >= low if high != high else (bid >= low) & (bid <= high)
+    if low is not None:  # known where false: below the bound (every bid is below NaN)
+        return 0.0 if low != low else np.where(bid >= low, _NAN, 0.0)
+    if high is not None:
+        return _NAN if high != high else np.where(bid <= high, _NAN, 0.0)
+    return _NAN
 
 
-def _bid_ranks(bid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _bid_ranks(out: np.ndarray, bid: np.ndarray) -> None:
     """Each bid's share of lower bids among the others (ties half; NaN alone), and its ratio to
     the request's median (polars' median: `lower + (upper - lower) * 0.5` for an even count)."""
     n = len(bid)
-    ordered = np.sort(bid)
+    ordered = np.sort(bid)  # NaN last, as polars sorts
+    share = out[:, _C["bid_share_lower_in_request"]]
     if n > 1:
-        below = np.searchsorted(ordered, bid, "left")
-        ties = np.searchsorted(ordered, bid, "right") - below - 1
-        share = (below + ties * 0.5) / (n - 1)
+        # (below + ties * 0.5) / (n - 1), with ties = above - below - 1, is the real number
+        # (below + above - 1) / (2n - 2): exact integers divided once, so the same float
+        below, above = ordered.searchsorted(bid, "left"), ordered.searchsorted(bid, "right")
+        np.divide(below + above - 1, 2 * (n - 1), out=share)
     else:
-        share = np.full(n, _NAN)
+        share[:] = _NAN
     middle = n // 2
     if n % 2:
-        median = ordered[middle]
+        median = float(ordered[middle])
     else:
-        lower, upper = ordered[middle - 1], ordered[middle]
+        lower, upper = float(ordered[middle - 1]), float(ordered[middle])
         median = lower + (upper - lower) * 0.5
-    return share, (bid / median if median > 0 else np.full(n, _NAN))
+    np.divide(bid, median if median > 0 else _NAN, out=out[:, _C["bid_to_request_median"]])
 
 
-def _ratio_to(bid: np.ndarray, denominator: float | None) -> np.ndarray | float:
-    return bid / denominator if denominator is not None and denominator > 0 else _NAN
+def _skills_named(named: set[str], letters: Sequence[str], lengths: list[int]) -> list[int]:
+    """How many of `named` (distinct, lower case, not empty) each letter holds, in `_lower`'s
+    lower case. One search per skill through the letters joined by a character no skill holds:
+    a skill absent from every letter costs one scan, not one call per letter."""
+    sep = next(c for c in map(chr, itertools.count()) if not any(c in s for s in named))
+    joined = sep.join(letters)
+    if joined.isascii():
+        text = joined.lower()
+    else:
+        lowered = _lower(letters)
+        text, lengths = sep.join(lowered), [len(t) for t in lowered]
+    # past each letter and its separator
+    ends = list(map(operator.add, itertools.accumulate(lengths), range(1, len(lengths) + 1)))
+    counts = [0] * len(letters)
+    for skill in named:
+        at = text.find(skill)
+        while at >= 0:
+            letter = bisect_right(ends, at)
+            counts[letter] += 1
+            at = text.find(skill, ends[letter])  # on to the next letter
+    return counts
+
+
+def _skill_columns(
+    out: np.ndarray,
+    job_skills: Sequence[str] | None,
+    freelancer_skills: Sequence[Sequence[str] | None],
+    letters: Sequence[str],
+) -> None:
+    """`skill_matches`, `skill_overlap`, `cover_letter_chars`, `cover_letter_job_skills`."""
+    n = len(letters)
+    lengths = list(map(len, letters))
+    if job_skills is None:
+        matches: list[Any] = [_NAN] * n
+        named: list[Any] = matches
+        total = _NAN
+    else:
+        wanted = set(job_skills)
+        matches = [_NAN if s is None else len(wanted.intersection(s)) for s in freelancer_skills]
+        lowered = {s for s in _lower([s for s in wanted if s is not None]) if s}
+        named = _skills_named(lowered, letters, lengths) if lowered else [0] * n
+        total = len(job_skills) or _NAN
+    packed = struct.pack(f"{3 * n}d", *matches, *lengths, *named)
+    matched, chars, counts = np.frombuffer(packed, dtype=np.float64).reshape(3, n)
+    out[:, _C["skill_matches"]] = matched
+    np.divide(matched, total, out=out[:, _C["skill_overlap"]])
+    out[:, _C["cover_letter_chars"]] = chars
+    out[:, _C["cover_letter_job_skills"]] = counts
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # compared by identity: it holds an array
 class FreelancerColumns:
     """A freelancer's part of the model's input that no request changes: a full-width row with
-    its store columns filled (NaN elsewhere; read-only, shared between requests), and its skills
-    (what the request-relative skill features compare with the job's)."""
+    its store columns filled (NaN elsewhere; read-only, shared between requests), its skills
+    (what the request-relative skill features compare with the job's), and as float64 bytes
+    its store columns then what its bid ratios divide by (what `matrix_of` joins)."""
 
     row: np.ndarray
     skills: Sequence[str] | None
+    packed: bytes
 
 
 def freelancer_columns(freelancer: Mapping[str, Any]) -> FreelancerColumns:
@@ -386,7 +466,10 @@ def freelancer_columns(freelancer: Mapping[str, Any]) -> FreelancerColumns:
     _FREELANCER_COLUMNS.fill(row, [freelancer])
     row = row[0]
     row.flags.writeable = False
-    return FreelancerColumns(row, freelancer.get("fl_skills"))
+    packed = (
+        row[_FREELANCER_COLUMNS.where].tobytes() + _divisors(row[_FREELANCER_DIVISORS]).tobytes()
+    )
+    return FreelancerColumns(row, freelancer.get("fl_skills"), packed)
 
 
 def request_matrix(job: Mapping[str, Any], proposals: Sequence[RequestProposal]) -> np.ndarray:
@@ -407,6 +490,7 @@ def request_matrix(job: Mapping[str, Any], proposals: Sequence[RequestProposal])
         [p.bid_amount for p in proposals],
         [p.cover_letter for p in proposals],
         [f.get("fl_skills") for f in freelancers],
+        _divisors(out[:, _FREELANCER_DIVISORS]),
     )
     return out
 
@@ -418,13 +502,17 @@ def matrix_of(
     letters: Sequence[str],
 ) -> np.ndarray:
     """`request_matrix` for proposals whose freelancers' columns are already computed (by
-    `freelancer_columns`): their rows are copied, only the job's and the request's columns are
+    `freelancer_columns`): their bytes are joined, only the job's and the request's columns are
     computed. The same values, bit for bit (a property test holds the two together)."""
     n = len(freelancers)
+    out = np.empty((n, len(MODEL_FEATURES)), dtype=np.float64)  # every column is filled
     if n == 0:
-        return np.empty((0, len(MODEL_FEATURES)), dtype=np.float64)
-    out = np.array([f.row for f in freelancers], dtype=np.float64)
-    _request_columns(out, job, bids, letters, [f.skills for f in freelancers])
+        return out
+    packed = np.frombuffer(b"".join([f.packed for f in freelancers]), dtype=np.float64)
+    packed = packed.reshape(n, -1)
+    stored = len(_FREELANCER_COLUMNS.sources)
+    out[:, _FREELANCER_COLUMNS.where] = packed[:, :stored]
+    _request_columns(out, job, bids, letters, [f.skills for f in freelancers], packed[:, stored:])
     return out
 
 
@@ -434,46 +522,19 @@ def _request_columns(
     bids: Sequence[float],
     letters: Sequence[str],
     freelancer_skills: Sequence[Sequence[str] | None],
+    divisors: np.ndarray,
 ) -> None:
     """The job's columns and the request-relative ones, in place; the freelancers' columns of
-    `out` are filled already."""
+    `out` are filled already, and `divisors` holds their `_divisors`."""
     _JOB_COLUMNS.fill(out, [job])
     bid = np.array(bids, dtype=np.float64)
     budget_max = _number(job.get("job_budget_max"))
     with np.errstate(over="ignore"):  # a bid over a tiny denominator is inf, as in polars
-        out[:, _C["bid_to_budget_max"]] = _ratio_to(bid, budget_max)
-        out[:, _C["bid_to_hourly_rate"]] = _ratios(bid, out[:, _C["fl_hourly_rate"]])
-        out[:, _C["bid_to_fl_bid_avg_7d"]] = _ratios(bid, out[:, _C["fl_bid_avg_7d"]])
-        job_bids = _number(job.get("job_bid_avg_24h"))
-        out[:, _C["bid_to_job_bid_avg_24h"]] = _ratio_to(bid, job_bids)
-        share, to_median = _bid_ranks(bid)
-    out[:, _C["bid_within_budget"]] = _within(bid, _number(job.get("job_budget_min")), budget_max)
-    out[:, _C["bid_share_lower_in_request"]] = share
-    out[:, _C["bid_to_request_median"]] = to_median
-    out[:, _C["cover_letter_chars"]] = [len(letter) for letter in letters]
-    _skill_features(out, job.get("job_skills"), freelancer_skills, letters)
-
-
-def _skill_features(
-    out: np.ndarray,
-    job_skills: Sequence[str] | None,
-    freelancer_skills: Sequence[Sequence[str] | None],
-    letters: Sequence[str],
-) -> None:
-    """`skill_matches`, `skill_overlap` and `cover_letter_job_skills`, in place."""
-    if job_skills is None:
-        out[:, [_C["skill_matches"], _C["skill_overlap"], _C["cover_letter_job_skills"]]] = _NAN
-        return
-    wanted = set(job_skills)
-    matches = np.array(
-        [_NAN if s is None else len(wanted.intersection(s)) for s in freelancer_skills],
-        dtype=np.float64,
-    )
-    out[:, _C["skill_matches"]] = matches
-    out[:, _C["skill_overlap"]] = matches / len(job_skills) if job_skills else _NAN
-    named = {s for s in _lower([s for s in wanted if s is not None]) if s}
-    if not named:
-        out[:, _C["cover_letter_job_skills"]] = 0.0
-        return
-    lowered = _lower(letters)
-    out[:, _C["cover_letter_job_skills"]] = [sum(map(t.__contains__, named)) for t in lowered]
+        np.divide(bid, _divisor(budget_max), out=out[:, _C["bid_to_budget_max"]])
+        out[:, _FREELANCER_RATIOS] = bid[:, None] / divisors
+        job_bids = _divisor(job.get("job_bid_avg_24h"))
+        np.divide(bid, job_bids, out=out[:, _C["bid_to_job_bid_avg_24h"]])
+        _bid_ranks(out, bid)
+    low = _number(job.get("job_budget_min"))
+    out[:, _C["bid_within_budget"]] = _within(bid, low, budget_max)
+    _skill_columns(out, job.get("job_skills"), freelancer_skills, letters)

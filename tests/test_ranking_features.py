@@ -270,6 +270,24 @@ any_proposal = st.builds(
     {"job_skills": ["ɤ", "ς", "\U00010d70"]},
     [RequestProposal(5.0, "\ua7cb ΟΔΟΣ \U00010d50", {}), RequestProposal(5.0, "ɤ", {})],
 )
+@example(  # a NaN lower bound alone: no bid is at or above NaN, so none is within (0)
+    {"job_budget_min": math.nan}, [RequestProposal(5.0, "", {}), RequestProposal(9.0, "", {})]
+)
+@example(  # a NaN upper bound alone: every bid is below it, so within is unknown
+    {"job_budget_max": math.nan}, [RequestProposal(5.0, "", {}), RequestProposal(9.0, "", {})]
+)
+@example(
+    {"job_budget_min": 6.0, "job_budget_max": math.nan},
+    [RequestProposal(5.0, "", {}), RequestProposal(9.0, "", {})],
+)
+@example(  # letters are searched joined by a character no skill holds: here not "\0"
+    {"job_skills": ["a\0b", "\0", "b"]},
+    [
+        RequestProposal(5.0, "xa\0by", {}),
+        RequestProposal(5.0, "\0\0", {}),
+        RequestProposal(5.0, "", {}),
+    ],
+)
 def test_request_matrix_is_model_frame_bit_for_bit(
     job: dict[str, Any], request_proposals: list[RequestProposal]
 ) -> None:
