@@ -17,6 +17,9 @@ def bench_serving(
     requests: Annotated[int, typer.Option(min=1, help="Distinct requests to cycle.")] = 500,
     duration: Annotated[float, typer.Option(help="Seconds per client count.")] = 10.0,
     seed: Annotated[int, typer.Option(help="Seed of the requests.")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Service processes (`bestmatch serve --workers`).")
+    ] = 1,
 ) -> None:
     """Ranking latency at 1 and 16 clients, side by side with the Feast client path."""
     from bestmatch.cli import _settings
@@ -28,6 +31,7 @@ def bench_serving(
         requests=requests,
         duration_s=duration,
         seed=seed,
+        workers=workers,
         progress=console.print,
     )
     print_table("POST /v1/rank vs Feast get_online_features + model", report.rows())
