@@ -1,0 +1,124 @@
+"""The serving log's writer: rows converted a chunk of requests at a time, written together.
+
+Real Delta tables in a temp folder; requests built as the service builds them (no store needed:
+the values are what a request would have read).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from deltalake import DeltaTable
+
+from serving.schemas import RankRequest
+from serving.serving_log import SCHEMA, ServedRequest, ServingLog, rows_table
+
+
+def served(k: int, proposals: int = 3, skills: Any = ("python", "sql")) -> ServedRequest:
+    request = RankRequest.model_validate(
+        {
+            "job_id": f"j-{k}",
+            "client_id": f"c-{k}",
+            "proposals": [
+                {"proposal_id": f"p-{k}-{i}", "freelancer_id": f"f-{i}", "bid_amount": 10.0 + i}
+                for i in range(proposals)
+            ],
+        }
+    )
+    freelancers = {
+        f"f-{i}": {"fl_skills": skills, "fl_hourly_rate": 20.0 + i} for i in range(proposals)
+    }
+    return ServedRequest(
+        1_764_000_000_000_000 + k,
+        request,
+        "3",
+        False,
+        {"job_proposals_1h": k},
+        freelancers,
+        np.linspace(0.0, 1.0, proposals),
+        np.arange(1, proposals + 1),
+    )
+
+
+def read(uri: Path) -> pa.Table:
+    return DeltaTable(str(uri)).to_pyarrow_table().select(SCHEMA.names).sort_by("served_at")
+
+
+def counted() -> tuple[list[int], Any]:
+    seen: list[int] = []
+    return seen, seen.append
+
+
+def test_chunks_are_written_together_as_the_rows_of_every_request(tmp_path: Path) -> None:
+    uri = tmp_path / "serving_log"
+    written, on_written = counted()
+    dropped, on_dropped = counted()
+    requests = [served(k, proposals=1 + k % 4) for k in range(7)]
+    log = ServingLog(
+        str(uri),
+        batch_rows=10_000,
+        flush_s=60.0,
+        max_queued=100,
+        on_written=on_written,
+        on_dropped=on_dropped,
+        chunk_requests=3,  # 7 requests: chunks of 3, 3, then 1 at the write
+        pause_s=0.0,
+    )
+    for request in requests:
+        log.offer(request)
+    log.close()
+    rows = sum(len(r.request.proposals) for r in requests)
+    assert (written, dropped) == ([rows], [])
+    assert DeltaTable(str(uri)).version() == 0  # one append, not one per chunk
+    assert read(uri).equals(rows_table(requests).select(SCHEMA.names).sort_by("served_at"))
+
+
+def test_a_request_arrow_refuses_loses_its_chunk_only(tmp_path: Path) -> None:
+    uri = tmp_path / "serving_log"
+    written, on_written = counted()
+    dropped, on_dropped = counted()
+    good = [served(k) for k in range(4)]
+    bad = served(9, skills=12.5)  # fl_skills must be a list of strings
+    log = ServingLog(
+        str(uri),
+        batch_rows=10_000,
+        flush_s=60.0,
+        max_queued=100,
+        on_written=on_written,
+        on_dropped=on_dropped,
+        chunk_requests=2,
+        pause_s=0.0,
+    )
+    for request in (good[0], good[1], bad, good[2], good[3]):
+        log.offer(request)
+    log.close()
+    # chunks: [good0, good1], [bad, good2] (lost together), [good3] at the write
+    assert dropped == [6]
+    assert written == [9]
+    assert read(uri)["job_id"].to_pylist() == ["j-0"] * 3 + ["j-1"] * 3 + ["j-3"] * 3
+
+
+def test_rows_wait_no_longer_than_flush_s_while_chunks_fill(tmp_path: Path) -> None:
+    uri = tmp_path / "serving_log"
+    written, on_written = counted()
+    log = ServingLog(
+        str(uri),
+        batch_rows=10_000,
+        flush_s=0.2,
+        max_queued=100,
+        on_written=on_written,
+        chunk_requests=20,
+    )
+    try:
+        log.offer(served(1))
+        deadline = time.monotonic() + 30
+        while not written and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert written == [3]  # one request, far from a chunk: written by time
+        assert read(uri)["job_id"].to_pylist() == ["j-1"] * 3
+    finally:
+        log.close()
