@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -18,8 +19,13 @@ def bench_serving(
     duration: Annotated[float, typer.Option(help="Seconds per client count.")] = 10.0,
     seed: Annotated[int, typer.Option(help="Seed of the requests.")] = 1,
     workers: Annotated[
-        int, typer.Option(min=1, help="Service processes (`bestmatch serve --workers`).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Service processes (`bestmatch serve --workers`). [default: one per core]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Ranking latency at 1 and 16 clients, side by side with the Feast client path."""
     from bestmatch.cli import _settings
@@ -31,7 +37,7 @@ def bench_serving(
         requests=requests,
         duration_s=duration,
         seed=seed,
-        workers=workers,
+        workers=workers or os.cpu_count() or 1,
         progress=console.print,
     )
     print_table("POST /v1/rank vs Feast get_online_features + model", report.rows())

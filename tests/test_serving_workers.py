@@ -31,7 +31,7 @@ from bestmatch.services import free_port
 from features.ranking import MODEL_FEATURES
 from features.settings import Settings
 from serving import ServingSettings, create_app
-from serving.app import METRICS_ENV, WORKER_ENV, _worker_environment
+from serving.app import METRICS_ENV, SINGLE_ACCEPT_ENV, WORKER_ENV, _worker_environment
 from serving.metrics import ServingMetrics, forget_dead_workers
 from serving.serving_log import serving_log_uri
 from tests.conftest import RedisServer
@@ -250,6 +250,20 @@ def test_the_worker_environment_is_put_back_and_its_folder_removed(settings_: Se
         assert ServingSettings.model_validate(given["serving"]) == config
     assert not folder.exists()
     assert {name: os.environ.get(name) for name in (WORKER_ENV, METRICS_ENV)} == before
+
+
+def test_workers_accept_one_connection_at_a_time_unless_told_otherwise(
+    settings_: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = ServingSettings(_env_file=None, workers=2)  # type: ignore[call-arg]
+    monkeypatch.delenv(SINGLE_ACCEPT_ENV, raising=False)
+    with _worker_environment(settings_, config):
+        assert os.environ[SINGLE_ACCEPT_ENV] == "1"
+    assert SINGLE_ACCEPT_ENV not in os.environ
+    monkeypatch.setenv(SINGLE_ACCEPT_ENV, "0")  # the operator's choice stands
+    with _worker_environment(settings_, config):
+        assert os.environ[SINGLE_ACCEPT_ENV] == "0"
+    assert os.environ[SINGLE_ACCEPT_ENV] == "0"
 
 
 def test_a_new_model_puts_the_previous_one_at_zero() -> None:
