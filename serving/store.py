@@ -192,48 +192,83 @@ def read_stamped(
     and per-reply bookkeeping (measured: most of the read's CPU, with HMGETs). redis-py still
     connects (AUTH, SELECT, TLS) and sets the socket's timeouts. A connection that fails midway
     is dropped, never reused.
+
+    It is `receive_records(send_records(...))`: a caller with other work can do it between the
+    two, while Redis answers.
     """
-    memo = memo or EntityMemo()
+    return receive_records(send_records(client, project, requests), memo)
+
+
+@dataclass(frozen=True, slots=True)
+class SentRead:
+    """An `MGET` of serving records sent, its reply not read yet: it holds a pooled connection
+    until `receive_records` (which must come, and on the same thread: the connection is the
+    caller's meanwhile)."""
+
+    client: redis.Redis
+    project: str
+    requests: Sequence[tuple[Entity, str]]
+    reads: list[_Read]
+    conn: Any
+
+
+def send_records(
+    client: redis.Redis, project: str, requests: Sequence[tuple[Entity, str]]
+) -> SentRead:
+    """Send the `MGET` of `read_stamped`."""
     reads = [_read_of(entity) for entity, _ in requests]
     keys = [
         read.record(project, entity_id)
         for (_, entity_id), read in zip(requests, reads, strict=True)
     ]
-    (records,) = _round_trip(client, b"*%d\r\n%s%s" % (len(keys) + 1, _MGET, b"".join(keys)), 1)
-    tables = memo.tables  # a lookup first: decoding is for the records not seen before
-    found = [
-        None if raw is None else tables[read.kind].get(raw) or memo.from_record(read, raw)
-        for read, raw in zip(reads, records, strict=True)
-    ]
-    missing = [i for i, stamped in enumerate(found) if stamped is None]
-    if missing:
-        packed = b"".join([reads[i].command(project, requests[i][1]) for i in missing])
-        replies = _round_trip(client, packed, len(missing))
-        for i, raw in zip(missing, replies, strict=True):
-            found[i] = memo.decode(reads[i], raw) if raw[-2] else None
-    return found
-
-
-def _round_trip(client: redis.Redis, packed: bytes, count: int) -> list[Any]:
-    """Send `packed` on a pooled connection, read `count` replies."""
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        return _exchange(conn, packed, count)
+        _send(conn, b"*%d\r\n%s%s" % (len(keys) + 1, _MGET, b"".join(keys)))
+    except BaseException:
+        conn.disconnect()
+        pool.release(conn)
+        raise
+    return SentRead(client, project, requests, reads, conn)
+
+
+def receive_records(sent: SentRead, memo: EntityMemo | None = None) -> list[Stamped | None]:
+    """Read the reply of `send_records` (and the hashes of entities without a record)."""
+    memo = memo or EntityMemo()
+    reads, requests, conn = sent.reads, sent.requests, sent.conn
+    try:
+        (records,) = _receive(conn, 1)
+        tables = memo.tables  # a lookup first: decoding is for the records not seen before
+        found = [
+            None if raw is None else tables[read.kind].get(raw) or memo.from_record(read, raw)
+            for read, raw in zip(reads, records, strict=True)
+        ]
+        missing = [i for i, stamped in enumerate(found) if stamped is None]
+        if missing:
+            project = sent.project
+            _send(conn, b"".join([reads[i].command(project, requests[i][1]) for i in missing]))
+            replies = _receive(conn, len(missing))
+            for i, raw in zip(missing, replies, strict=True):
+                found[i] = memo.decode(reads[i], raw) if raw[-2] else None
     except BaseException:
         conn.disconnect()
         raise
     finally:
-        pool.release(conn)
+        sent.client.connection_pool.release(conn)
+    return found
 
 
-def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
-    """Send `packed`, read `count` replies."""
+def _send(conn: Any, packed: bytes) -> None:
     sock = conn._sock  # connected by redis-py; nothing is left unread on it between commands
     if sock is None:
         msg = "the online store connection is closed"
         raise redis.ConnectionError(msg)
     sock.sendall(packed)
+
+
+def _receive(conn: Any, count: int) -> list[Any]:
+    """Read `count` replies."""
+    sock = conn._sock
     reader = hiredis.Reader()
     replies: list[Any] = []
     while len(replies) < count:
@@ -261,6 +296,24 @@ class RequestFeatures:
     fetch_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A request's read, sent (`FeatureReader.send`) and not received yet."""
+
+    asked: tuple[str, str | None, tuple[str, ...]]  # job, client, freelancers as asked
+    distinct: list[str]  # the freelancers, each once, in order
+    records: SentRead
+    send_s: float
+
+
+def _requests(job_id: str, client_id: str | None, distinct: list[str]) -> list[tuple[Entity, str]]:
+    requests: list[tuple[Entity, str]] = [(JOB, job_id)]
+    if client_id is not None:
+        requests.append((CLIENT, client_id))
+    requests += [(FREELANCER, f) for f in distinct]
+    return requests
+
+
 def connect(url: str, timeout_s: float) -> redis.Redis:
     """A client that fails fast: bounded connect and read, no retries, no hidden backoff."""
     return redis.Redis.from_url(
@@ -274,7 +327,14 @@ def connect(url: str, timeout_s: float) -> redis.Redis:
 
 
 class FeatureReader:
-    """Reads a request's entities; remembers whether the store is reachable."""
+    """Reads a request's entities; remembers whether the store is reachable.
+
+    `read` is one call. A caller with other work to do meanwhile (the service, parsing the body)
+    can `send` first and hand what it returns to `read`, which then only receives: the parsing
+    then overlaps Redis's answering instead of waiting for it. A `Sent` read of other ids than
+    `read` asks for (a body whose validated ids differ from those its raw JSON named) is received
+    and dropped, and the right ones read.
+    """
 
     def __init__(self, client: redis.Redis, project: str, retry_s: float) -> None:
         self.client = client
@@ -284,33 +344,59 @@ class FeatureReader:
         self._memo = EntityMemo()
         self.up = True
 
-    def read(
+    def send(
         self, job_id: str, client_id: str | None, freelancer_ids: Sequence[str]
-    ) -> RequestFeatures:
-        requests: list[tuple[Entity, str]] = [(JOB, job_id)]
-        if client_id is not None:
-            requests.append((CLIENT, client_id))
-        distinct = list(dict.fromkeys(freelancer_ids))
-        requests += [(FREELANCER, f) for f in distinct]
+    ) -> Sent | None:
+        """Send the read of these entities (None: the store is being skipped, or failed now)."""
+        if time.monotonic() < self._skip_until:
+            return None
         started = time.perf_counter()
-        found = self._read(requests)
-        fetch_s = time.perf_counter() - started
+        asked = (job_id, client_id, tuple(freelancer_ids))
+        distinct = list(dict.fromkeys(freelancer_ids))
+        try:
+            sent = send_records(self.client, self.project, _requests(job_id, client_id, distinct))
+        except (redis.RedisError, OSError, StoreError):
+            self._failed()
+            return None
+        return Sent(asked, distinct, sent, time.perf_counter() - started)
+
+    def read(
+        self,
+        job_id: str,
+        client_id: str | None,
+        freelancer_ids: Sequence[str],
+        sent: Sent | None = None,
+    ) -> RequestFeatures:
+        if sent is not None and sent.asked != (job_id, client_id, tuple(freelancer_ids)):
+            self.drop(sent)
+            sent = None
+        if sent is None:
+            sent = self.send(job_id, client_id, freelancer_ids)
+        if sent is None:
+            distinct = list(dict.fromkeys(freelancer_ids))
+            return RequestFeatures(None, None, dict.fromkeys(distinct), True, 0.0)
+        started = time.perf_counter()
+        found = self._receive(sent)
+        fetch_s = sent.send_s + time.perf_counter() - started  # not what ran in between
         if found is None:
-            return RequestFeatures(None, None, dict.fromkeys(distinct), True, fetch_s)
+            return RequestFeatures(None, None, dict.fromkeys(sent.distinct), True, fetch_s)
         offset = 1 if client_id is None else 2
         return RequestFeatures(
             job=found[0],
             client=found[1] if client_id is not None else None,
-            freelancers=dict(zip(distinct, found[offset:], strict=True)),
+            freelancers=dict(zip(sent.distinct, found[offset:], strict=True)),
             degraded=False,
             fetch_s=fetch_s,
         )
 
-    def _read(self, requests: list[tuple[Entity, str]]) -> list[Stamped | None] | None:
-        if time.monotonic() < self._skip_until:
-            return None
+    def drop(self, sent: Sent | None) -> None:
+        """Receive a sent read and forget it (the request failed before using it)."""
+        if sent is not None:
+            self._receive(sent)
+
+    def _receive(self, sent: Sent) -> list[Stamped | None] | None:
         try:
-            found = read_stamped(self.client, self.project, requests, self._memo)
+            found = receive_records(sent.records, self._memo)
         except (redis.RedisError, OSError, StoreError):
             self._failed()
             return None

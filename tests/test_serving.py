@@ -30,6 +30,7 @@ import redis
 import schemathesis
 import uvicorn
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -48,6 +49,7 @@ from flows.runner import run_backfill
 from serving import ServingSettings, create_app
 from serving.model import LoadedRanker
 from serving.ranker import best_match_count
+from serving.routes.rank import named_ids, parse
 from serving.serving_log import serving_log_uri
 from serving.state import open_state
 from serving.store import FeatureReader, connect, read_stamped
@@ -414,6 +416,44 @@ def test_bad_input_gets_a_4xx_that_names_the_field(http: httpx.Client, case: str
     body = answer.json()
     assert body["detail"].startswith(f"{field}:"), body
     assert body["errors"][0]["field"] == field
+
+
+def test_the_ids_read_ahead_are_the_ids_validated_or_none(market: Market) -> None:
+    good = _request(market)
+    assert named_ids(orjson.dumps(good)) == (
+        good["job_id"],
+        good["client_id"],
+        [p["freelancer_id"] for p in good["proposals"]],
+    )
+    assert named_ids(orjson.dumps(_with())) == ("j-1", None, ["f-1"])
+    for case, (request, _) in BAD_REQUESTS.items():
+        raw = orjson.dumps(request)
+        ids = named_ids(raw)
+        with pytest.raises(RequestValidationError):
+            parse(raw)
+        if ids is not None:  # the shape held: only ids as they are in the body, all valid ones
+            job_id, client_id, freelancer_ids = ids
+            assert job_id == request["job_id"], case
+            assert client_id == request.get("client_id"), case
+            assert freelancer_ids == [p["freelancer_id"] for p in request["proposals"]], case
+    for raw in (b"", b"[1]", b'{"job_id": "j", "proposals": [', b'{"job_id": "j"}', b"\xff"):
+        assert named_ids(raw) is None
+    too_many = _with(proposals=[{**_GOOD, "proposal_id": f"p{i}"} for i in range(501)])
+    assert named_ids(orjson.dumps(too_many)) is None  # never more than a request may ask
+
+
+def test_a_bad_request_after_a_read_ahead_leaves_the_store_connection_clean(
+    http: httpx.Client, market: Market
+) -> None:
+    good = http.post("/v1/rank", json=_request(market))
+    assert good.status_code == 200, good.text
+    ahead = [request for request, _ in BAD_REQUESTS.values() if named_ids(orjson.dumps(request))]
+    assert len(ahead) >= 5  # bids, duplicates, letters, explain: ids fine, body not
+    for request in ahead:
+        assert http.post("/v1/rank", json=request).status_code == 422
+        again = http.post("/v1/rank", json=_request(market))
+        assert again.status_code == 200
+        assert again.json() == good.json()
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,11 @@ each entity without a record of this schema read from its hash, as the layout's 
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import time
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import redis
@@ -22,7 +25,7 @@ from features.online_layout import (
 )
 from features.ranking import STORE_FEATURES, freelancer_columns
 from features.specs import CLIENT, FREELANCER, JOB, Entity, features_of
-from serving.store import EntityMemo, Stamped, connect, read_stamped
+from serving.store import EntityMemo, FeatureReader, Stamped, connect, read_stamped
 from tests.test_online_layout import random_values
 
 PROJECT = "p"
@@ -189,3 +192,45 @@ def test_a_damaged_record_or_an_error_reply_fails_the_read(client: redis.Redis) 
     found = read_stamped(reader, PROJECT, [(FREELANCER, "f-1"), (JOB, "j-1")])
     assert served(found) == hash_path(client, [(FREELANCER, "f-1"), (JOB, "j-1")])
     assert all(s is not None for s in found)
+
+
+def test_a_sent_read_is_received_by_read_or_dropped_for_other_ids(client: redis.Redis) -> None:
+    fill(client, 9, (JOB, "j-1"), (CLIENT, "c-1"), (FREELANCER, "f-1"), (FREELANCER, "f-2"))
+    reader = FeatureReader(connect(url_of(client), 1.0), PROJECT, retry_s=0.0)
+    plain = reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"])
+    assert not plain.degraded and list(plain.freelancers) == ["f-1", "f-2"]
+    client.config_resetstat()
+    sent = reader.send("j-1", "c-1", ["f-1", "f-2", "f-1"])
+    assert sent is not None
+    assert reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"], sent) == dataclasses.replace(
+        plain, fetch_s=ANY
+    )
+    assert client.info("commandstats")["cmdstat_mget"]["calls"] == 1  # received, not sent again
+    # Other ids than were sent (a body whose validated ids differ): dropped, the right ones read,
+    # and the pooled connection (one, reused) is left with nothing unread.
+    other = reader.send("j-1", None, ["f-2"])
+    found = reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"], other)
+    assert found == dataclasses.replace(plain, fetch_s=ANY)
+    reader.drop(reader.send("j-2", None, ["f-9"]))
+    assert reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"]) == dataclasses.replace(
+        plain, fetch_s=ANY
+    )
+    assert len(reader.client.connection_pool._available_connections) == 1
+    reader.drop(None)  # nothing sent: nothing to do
+
+
+def test_a_read_sent_to_a_store_that_then_stalls_is_degraded_in_time(client: redis.Redis) -> None:
+    fill(client, 10, (JOB, "j-1"), (FREELANCER, "f-1"))
+    reader = FeatureReader(connect(url_of(client), 0.05), PROJECT, retry_s=60.0)
+    reader.read("j-1", None, ["f-1"])  # connected before the store stalls
+    client.client_pause(2_000)  # no answers for 2 s: longer than the reader waits
+    try:
+        sent = reader.send("j-1", None, ["f-1"])
+        assert sent is not None
+        started = time.monotonic()
+        found = reader.read("j-1", None, ["f-1"], sent)
+        assert time.monotonic() - started < 1.0
+    finally:
+        client.client_unpause()
+    assert found.degraded and found.freelancers == {"f-1": None} and not reader.up
+    assert reader.send("j-1", None, ["f-1"]) is None  # skipping the store for retry_s
