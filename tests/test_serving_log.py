@@ -48,70 +48,59 @@ def read(uri: Path) -> pa.Table:
     return DeltaTable(str(uri)).to_pyarrow_table().select(SCHEMA.names).sort_by("served_at")
 
 
-def counted() -> tuple[list[int], Any]:
-    seen: list[int] = []
-    return seen, seen.append
+class Counts:
+    """What the log reports: rows written and rows dropped, per call."""
+
+    def __init__(self) -> None:
+        self.written: list[int] = []
+        self.dropped: list[int] = []
 
 
-def test_chunks_are_written_together_as_the_rows_of_every_request(tmp_path: Path) -> None:
-    uri = tmp_path / "serving_log"
-    written, on_written = counted()
-    dropped, on_dropped = counted()
-    requests = [served(k, proposals=1 + k % 4) for k in range(7)]
+def offer_all(uri: Path, requests: list[ServedRequest], chunk_requests: int) -> Counts:
+    """Offer every request to a log that writes only at close, then close it."""
+    counts = Counts()
     log = ServingLog(
         str(uri),
         batch_rows=10_000,
         flush_s=60.0,
         max_queued=100,
-        on_written=on_written,
-        on_dropped=on_dropped,
-        chunk_requests=3,  # 7 requests: chunks of 3, 3, then 1 at the write
+        on_written=counts.written.append,
+        on_dropped=counts.dropped.append,
+        chunk_requests=chunk_requests,
         pause_s=0.0,
     )
     for request in requests:
         log.offer(request)
     log.close()
+    return counts
+
+
+def test_chunks_are_written_together_as_the_rows_of_every_request(tmp_path: Path) -> None:
+    uri = tmp_path / "serving_log"
+    requests = [served(k, proposals=1 + k % 4) for k in range(7)]
+    counts = offer_all(uri, requests, chunk_requests=3)  # chunks of 3, 3, then 1 at the write
     rows = sum(len(r.request.proposals) for r in requests)
-    assert (written, dropped) == ([rows], [])
+    assert (counts.written, counts.dropped) == ([rows], [])
     assert DeltaTable(str(uri)).version() == 0  # one append, not one per chunk
     assert read(uri).equals(rows_table(requests).select(SCHEMA.names).sort_by("served_at"))
 
 
 def test_a_request_arrow_refuses_loses_its_chunk_only(tmp_path: Path) -> None:
     uri = tmp_path / "serving_log"
-    written, on_written = counted()
-    dropped, on_dropped = counted()
     good = [served(k) for k in range(4)]
     bad = served(9, skills=12.5)  # fl_skills must be a list of strings
-    log = ServingLog(
-        str(uri),
-        batch_rows=10_000,
-        flush_s=60.0,
-        max_queued=100,
-        on_written=on_written,
-        on_dropped=on_dropped,
-        chunk_requests=2,
-        pause_s=0.0,
-    )
-    for request in (good[0], good[1], bad, good[2], good[3]):
-        log.offer(request)
-    log.close()
+    counts = offer_all(uri, [good[0], good[1], bad, good[2], good[3]], chunk_requests=2)
     # chunks: [good0, good1], [bad, good2] (lost together), [good3] at the write
-    assert dropped == [6]
-    assert written == [9]
+    assert counts.dropped == [6]
+    assert counts.written == [9]
     assert read(uri)["job_id"].to_pylist() == ["j-0"] * 3 + ["j-1"] * 3 + ["j-3"] * 3
 
 
 def test_rows_wait_no_longer_than_flush_s_while_chunks_fill(tmp_path: Path) -> None:
     uri = tmp_path / "serving_log"
-    written, on_written = counted()
+    written: list[int] = []
     log = ServingLog(
-        str(uri),
-        batch_rows=10_000,
-        flush_s=0.2,
-        max_queued=100,
-        on_written=on_written,
-        chunk_requests=20,
+        str(uri), batch_rows=10_000, flush_s=0.2, max_queued=100, on_written=written.append
     )
     try:
         log.offer(served(1))
