@@ -483,9 +483,11 @@ def step_costs(
     settings: Settings, model: Any, requests: Sequence[dict[str, Any]]
 ) -> dict[str, float]:
     """Median CPU ms of each step of `POST /v1/rank`, over the requests (no HTTP). CPU time of
-    this process (polars works in threads of its own), so another process taking the core does
-    not count. Timed on a second pass over the requests, as a running service meets them: its
-    memo has decoded each entity before (the first pass only warms it up)."""
+    this thread, where every step runs (the model predicts with one thread, as the service does),
+    so neither another process taking the core nor this process's other threads (the MLflow
+    download's monitor, Arrow's pools) count. Timed on a second pass over the requests, as a
+    running service meets them: its memo has decoded each entity before (the first pass only
+    warms it up)."""
     from features.ranking import freelancer_columns, matrix_of
     from serving.ranker import job_values, rank_proposals
     from serving.routes.rank import parse
@@ -502,11 +504,11 @@ def step_costs(
     }
     raws = [orjson.dumps(request) for request in requests]
     for raw in [*raws, *raws]:
-        t0 = time.process_time()
+        t0 = time.thread_time()
         body = parse(raw)
-        t1 = time.process_time()
+        t1 = time.thread_time()
         found = reader.read(body.job_id, body.client_id, [p.freelancer_id for p in body.proposals])
-        t2 = time.process_time()
+        t2 = time.thread_time()
         columns = {f: s.columns for f, s in found.freelancers.items() if s is not None}
         matrix = matrix_of(
             job_values(found),
@@ -514,12 +516,12 @@ def step_costs(
             [p.bid_amount for p in body.proposals],
             [p.cover_letter for p in body.proposals],
         )
-        t3 = time.process_time()
+        t3 = time.thread_time()
         model.predict(matrix)
-        t4 = time.process_time()
+        t4 = time.thread_time()
         found = reader.read(body.job_id, body.client_id, [p.freelancer_id for p in body.proposals])
         rank_proposals(model, body, found)
-        t5 = time.process_time()
+        t5 = time.thread_time()
         for values, cost in zip(
             costs.values(), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
         ):
