@@ -5,8 +5,8 @@ studied as a ranking) is handed to a queue and the request goes on. A background
 requests into rows (one per proposal: the request time, ids, model version, the store values the
 model read, the bid, the score and rank), a chunk of requests at a time as they come, and appends
 them to Delta when `log_batch_rows` rows wait or the oldest has waited `log_flush_s`, and on
-shutdown. A full queue or a failed write drops rows
-(counted in `bestmatch_serving_log_dropped`): logging never slows or fails an answer.
+shutdown. A full queue, a request Arrow refuses or a failed write drops rows (counted in
+`bestmatch_serving_log_dropped`): logging never slows or fails an answer.
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ class SentRead:
     until `receive_records` (which must come, and on the same thread: the connection is the
     caller's meanwhile)."""
 
-    client: redis.Redis
+    pool: redis.ConnectionPool  # where `conn` goes back
     project: str
     requests: Sequence[tuple[Entity, str]]
     reads: list[_Read]
@@ -229,7 +229,7 @@ def send_records(
         conn.disconnect()
         pool.release(conn)
         raise
-    return SentRead(client, project, requests, reads, conn)
+    return SentRead(pool, project, requests, reads, conn)
 
 
 def receive_records(sent: SentRead, memo: EntityMemo | None = None) -> list[Stamped | None]:
@@ -254,7 +254,7 @@ def receive_records(sent: SentRead, memo: EntityMemo | None = None) -> list[Stam
         conn.disconnect()
         raise
     finally:
-        sent.client.connection_pool.release(conn)
+        sent.pool.release(conn)
     return found
 
 
