@@ -5,9 +5,10 @@ one `MGET` of their serving records (`features.online_layout`, the one module th
 layout: one packed string per entity, written with its Feast hash by the same guarded script call),
 and only the features the model reads are kept. An entity without a record of this feature schema
 (its hash written by someone else, e.g. Feast, or by an older version, or an unknown entity) is read
-from its hash in a second round trip. Each entity comes back with the time of its last change
-(`_us:<view>`, which the record holds too), so the service can say how old the features it serves
-are.
+from its hash: in a second round trip the first time, then in the same write as the `MGET` (the
+reader remembers such entities), so a request takes one round trip. Each entity comes back with
+the time of its last change (`_us:<view>`, which the record holds too), so the service can say
+how old the features it serves are.
 
 Faults: the client has short connect and read timeouts and no retries, so a slow or dead store
 costs a request at most `redis_timeout_s` per round trip. After a failure, requests skip the store
@@ -17,6 +18,7 @@ read after that, or a `/readyz` ping, finds the store again by itself.
 
 from __future__ import annotations
 
+import select
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -50,16 +52,17 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-_COMMANDS_KEPT = 1 << 15
+_KEPT = 1 << 15  # entries per table below; a full table starts over
 _MGET = _bulk(b"MGET")
 
 
-def _kept(table: dict[tuple[str, str], bytes], key: tuple[str, str], value: bytes) -> bytes:
-    """`table[key] = value`, in a table that starts over when full."""
-    if len(table) >= _COMMANDS_KEPT:
+def _table(tables: dict[str, dict[str, bytes]], project: str) -> dict[str, bytes]:
+    table = tables.get(project)
+    if table is None:
+        table = tables[project] = {}
+    elif len(table) >= _KEPT:
         table.clear()
-    table[key] = value
-    return value
+    return table
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +70,8 @@ class _Read:
     """What is read of one entity kind: the store features the model uses (`STORE_FEATURES`,
     `wanted` their places among the entity's features); from the hash, those fields, then
     `_ts:<view>` (whether the entity exists) and `_us:<view>` (when it last changed). And, built
-    once per entity (bounded: a full table starts over), its record key as an `MGET` argument and
-    the HMGET command around its hash key, in RESP."""
+    once per project and entity, its record key as an `MGET` argument and the HMGET command
+    around its hash key, in RESP."""
 
     entity: Entity
     kind: str
@@ -77,21 +80,25 @@ class _Read:
     dtypes: tuple[Dtype, ...]
     head: bytes  # `*<n>` and HMGET
     tail: bytes  # the fields
-    records: dict[tuple[str, str], bytes]
-    commands: dict[tuple[str, str], bytes]
+    records: dict[str, dict[str, bytes]]  # project -> entity id -> record key, as RESP
+    commands: dict[str, dict[str, bytes]]  # project -> entity id -> HMGET command
 
-    def record(self, project: str, entity_id: str) -> bytes:
-        found = self.records.get((project, entity_id))
-        if found is None:
-            key = _bulk(record_key(project, self.entity, entity_id))
-            found = _kept(self.records, (project, entity_id), key)
-        return found
+    def record_keys(self, project: str, entity_ids: Sequence[str]) -> list[bytes]:
+        table = _table(self.records, project)
+        keys = list(map(table.get, entity_ids))
+        if None in keys:
+            for n, (entity_id, key) in enumerate(zip(entity_ids, keys, strict=True)):
+                if key is None:
+                    key = table[entity_id] = _bulk(record_key(project, self.entity, entity_id))
+                    keys[n] = key
+        return keys  # type: ignore[return-value]  # every None replaced
 
     def command(self, project: str, entity_id: str) -> bytes:
-        found = self.commands.get((project, entity_id))
+        table = _table(self.commands, project)
+        found = table.get(entity_id)
         if found is None:
             key = redis_key(project, self.entity, entity_id)
-            found = _kept(self.commands, (project, entity_id), self.head + _bulk(key) + self.tail)
+            found = table[entity_id] = self.head + _bulk(key) + self.tail
         return found
 
 
@@ -127,12 +134,21 @@ class EntityMemo:
     """Decoded entities by their raw reply (a record's bytes, or a hash's fields), per kind. The
     same freelancers and jobs come back request after request with the same bytes (which hold the
     change stamp), so decoding is mostly one lookup, and so is a freelancer's part of the model's
-    input, kept with it. Bounded: a full table starts over."""
+    input, kept with it.
+
+    And, per project and kind, the entities found without a record of this schema (unknown ones,
+    or ones whose hash someone else wrote): their next reads send the HMGET of their hash in the
+    same write as the `MGET`, so a request naming them still takes one round trip. `round_trips`
+    counts the round trips of the reads that used this memo.
+
+    Bounded: a full table starts over."""
 
     def __init__(self, size: int = 1 << 15) -> None:
         self.size = size
         self.tables: defaultdict[str, dict[bytes | tuple[bytes | None, ...], Stamped]]
         self.tables = defaultdict(dict)
+        self.unrecorded: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+        self.round_trips = 0
 
     def from_record(self, read: _Read, raw: bytes) -> Stamped | None:
         """The entity of a serving record; None for a record of another format or schema."""
@@ -160,6 +176,12 @@ class EntityMemo:
             found = self._keep(table, key, read, values, int(raw[-1]) if raw[-1] else None)
         return found
 
+    def unrecorded_of(self, project: str, read: _Read) -> set[str]:
+        found = self.unrecorded[project, read.kind]
+        if len(found) >= self.size:
+            found.clear()
+        return found
+
     def _keep(
         self,
         table: dict[bytes | tuple[bytes | None, ...], Stamped],
@@ -175,86 +197,167 @@ class EntityMemo:
         return found
 
 
+class Connections:
+    """The connections a reader sends on, kept between reads rather than returned to redis-py's
+    pool: taking one from the pool and giving it back cost about as much CPU as the `MGET` reply's
+    decoding (measured: 0.1 ms a request). A kept connection is checked before it is used, as the
+    pool checks one: if its socket is readable (the server closed it, or left a reply unread),
+    it is connected anew (redis-py's `connect`: AUTH, SELECT, TLS). One that failed midway is
+    disconnected, so it too is connected anew when next taken."""
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self.pool = pool
+        self.idle: list[Any] = []
+
+    def take(self) -> Any:
+        try:
+            conn = self.idle.pop()
+        except IndexError:
+            conn = self.pool.make_connection()
+        sock = conn._sock
+        if sock is None or select.select([sock], [], [], 0)[0]:
+            conn.disconnect()
+            try:
+                conn.connect()
+            except BaseException:
+                self.idle.append(conn)
+                raise
+        return conn
+
+    def give(self, conn: Any) -> None:
+        self.idle.append(conn)
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().disconnect()
+
+
+class _Pooled(Connections):
+    """Connections from redis-py's pool, given back to it (`read_stamped` on a plain client)."""
+
+    def take(self) -> Any:
+        return self.pool.get_connection()
+
+    def give(self, conn: Any) -> None:
+        self.pool.release(conn)
+
+
 def read_stamped(
     client: redis.Redis,
     project: str,
     requests: Sequence[tuple[Entity, str]],
     memo: EntityMemo | None = None,
 ) -> list[Stamped | None]:
-    """Many entities' model features and change times (None: unknown), mostly in one round trip.
+    """Many entities' model features and change times (None: unknown), in one round trip.
 
-    One `MGET` of the entities' serving records; the entities it finds no record of this schema
-    for are read from their hashes, with HMGETs, in a second round trip. There the keys, fields
-    and value decoding are `online_layout`'s, and an entity exists when its `_ts:<view>` field
-    does, as for `read_entities` and Feast. Each round trip's commands (their RESP built once per
-    entity) go out in one write on one pooled connection, and the replies are parsed from the
-    socket by one hiredis reader: what a redis-py pipeline does, without its per-command packing
-    and per-reply bookkeeping (measured: most of the read's CPU, with HMGETs). redis-py still
-    connects (AUTH, SELECT, TLS) and sets the socket's timeouts. A connection that fails midway
-    is dropped, never reused.
+    One `MGET` of the entities' serving records, in one write with the HMGETs of the entities
+    `memo` knows have no record of this schema. Entities it finds no record of, and that it sent
+    no HMGET for, are read from their hashes in a second round trip (and remembered, so the next
+    read of them takes one). There the keys, fields and value decoding are `online_layout`'s, and
+    an entity exists when its `_ts:<view>` field does, as for `read_entities` and Feast. Each
+    round trip's commands (their RESP built once per entity) go out in one write on one
+    connection, and the replies are parsed from the socket by one hiredis reader: what a redis-py
+    pipeline does, without its per-command packing and per-reply bookkeeping (measured: most of
+    the read's CPU, with HMGETs). redis-py still connects (AUTH, SELECT, TLS) and sets the
+    socket's timeouts. A connection that fails midway is dropped, never reused.
 
     It is `receive_records(send_records(...))`: a caller with other work can do it between the
     two, while Redis answers.
     """
-    return receive_records(send_records(client, project, requests), memo)
+    memo = memo or EntityMemo()
+    reads = [_read_of(entity) for entity, _ in requests]
+    ids = [entity_id for _, entity_id in requests]
+    connections = _Pooled(client.connection_pool)
+    return receive_records(send_records(connections, project, reads, ids, memo), memo)
 
 
 @dataclass(frozen=True, slots=True)
 class SentRead:
-    """An `MGET` of serving records sent, its reply not read yet: it holds a pooled connection
-    until `receive_records` (which must come, and on the same thread: the connection is the
-    caller's meanwhile)."""
+    """An `MGET` of serving records sent (with the HMGETs of `hashed`, the places of the entities
+    known to have no record), its reply not read yet: it holds a connection until
+    `receive_records` (which must come, and on the same thread: the connection is the caller's
+    meanwhile)."""
 
-    pool: redis.ConnectionPool  # where `conn` goes back
+    connections: Connections  # where `conn` goes back
     project: str
-    requests: Sequence[tuple[Entity, str]]
-    reads: list[_Read]
+    reads: Sequence[_Read]  # each entity's kind
+    ids: Sequence[str]
+    hashed: list[int]
     conn: Any
 
 
 def send_records(
-    client: redis.Redis, project: str, requests: Sequence[tuple[Entity, str]]
+    connections: Connections,
+    project: str,
+    reads: Sequence[_Read],
+    ids: Sequence[str],
+    memo: EntityMemo,
+    keys: list[bytes] | None = None,
 ) -> SentRead:
-    """Send the `MGET` of `read_stamped`."""
-    reads = [_read_of(entity) for entity, _ in requests]
-    keys = [
-        read.record(project, entity_id)
-        for (_, entity_id), read in zip(requests, reads, strict=True)
-    ]
-    pool = client.connection_pool
-    conn = pool.get_connection()
+    """Send the `MGET` of `read_stamped` (`keys`: its arguments, if the caller has them)."""
+    if keys is None:
+        keys = [read.record_keys(project, (i,))[0] for read, i in zip(reads, ids, strict=True)]
+    hashed = _hashed(memo, project, reads, ids)
+    packed = b"*%d\r\n%s%s" % (len(keys) + 1, _MGET, b"".join(keys))
+    if hashed:
+        packed += b"".join([reads[i].command(project, ids[i]) for i in hashed])
+    conn = connections.take()
     try:
-        _send(conn, b"*%d\r\n%s%s" % (len(keys) + 1, _MGET, b"".join(keys)))
+        _send(conn, packed)
     except BaseException:
         conn.disconnect()
-        pool.release(conn)
+        connections.give(conn)
         raise
-    return SentRead(pool, project, requests, reads, conn)
+    return SentRead(connections, project, reads, ids, hashed, conn)
 
 
-def receive_records(sent: SentRead, memo: EntityMemo | None = None) -> list[Stamped | None]:
+def _hashed(
+    memo: EntityMemo, project: str, reads: Sequence[_Read], ids: Sequence[str]
+) -> list[int]:
+    """The places of the entities `memo` knows have no record (a lookup per kind, not per entity,
+    while there are none)."""
+    hashed: list[int] = []
+    unrecorded: dict[str, set[str]] = {}
+    for n, (read, entity_id) in enumerate(zip(reads, ids, strict=True)):
+        known = unrecorded.get(read.kind)
+        if known is None:
+            known = unrecorded[read.kind] = memo.unrecorded_of(project, read)
+        if known and entity_id in known:
+            hashed.append(n)
+    return hashed
+
+
+def receive_records(sent: SentRead, memo: EntityMemo) -> list[Stamped | None]:
     """Read the reply of `send_records` (and the hashes of entities without a record)."""
-    memo = memo or EntityMemo()
-    reads, requests, conn = sent.reads, sent.requests, sent.conn
+    reads, ids, conn, project = sent.reads, sent.ids, sent.conn, sent.project
     try:
-        (records,) = _receive(conn, 1)
+        records, *hashes = _receive(conn, 1 + len(sent.hashed))
+        memo.round_trips += 1
         tables = memo.tables  # a lookup first: decoding is for the records not seen before
         found = [
             None if raw is None else tables[read.kind].get(raw) or memo.from_record(read, raw)
             for read, raw in zip(reads, records, strict=True)
         ]
+        for i, raw in zip(sent.hashed, hashes, strict=True):
+            if found[i] is None:
+                found[i] = memo.decode(reads[i], raw) if raw[-2] else None
+            else:  # it has a record now
+                memo.unrecorded_of(project, reads[i]).discard(ids[i])
         missing = [i for i, stamped in enumerate(found) if stamped is None]
+        if sent.hashed:
+            missing = sorted(set(missing).difference(sent.hashed))
         if missing:
-            project = sent.project
-            _send(conn, b"".join([reads[i].command(project, requests[i][1]) for i in missing]))
+            _send(conn, b"".join([reads[i].command(project, ids[i]) for i in missing]))
             replies = _receive(conn, len(missing))
+            memo.round_trips += 1
             for i, raw in zip(missing, replies, strict=True):
                 found[i] = memo.decode(reads[i], raw) if raw[-2] else None
+                memo.unrecorded_of(project, reads[i]).add(ids[i])
     except BaseException:
         conn.disconnect()
         raise
     finally:
-        sent.pool.release(conn)
+        sent.connections.give(conn)
     return found
 
 
@@ -306,14 +409,6 @@ class Sent:
     send_s: float
 
 
-def _requests(job_id: str, client_id: str | None, distinct: list[str]) -> list[tuple[Entity, str]]:
-    requests: list[tuple[Entity, str]] = [(JOB, job_id)]
-    if client_id is not None:
-        requests.append((CLIENT, client_id))
-    requests += [(FREELANCER, f) for f in distinct]
-    return requests
-
-
 def connect(url: str, timeout_s: float) -> redis.Redis:
     """A client that fails fast: bounded connect and read, no retries, no hidden backoff."""
     return redis.Redis.from_url(
@@ -342,6 +437,7 @@ class FeatureReader:
         self.retry_s = retry_s
         self._skip_until = 0.0
         self._memo = EntityMemo()
+        self._connections = Connections(client.connection_pool)
         self.up = True
 
     def send(
@@ -353,8 +449,20 @@ class FeatureReader:
         started = time.perf_counter()
         asked = (job_id, client_id, tuple(freelancer_ids))
         distinct = list(dict.fromkeys(freelancer_ids))
+        project = self.project
+        job, freelancer = _read_of(JOB), _read_of(FREELANCER)
+        reads: list[_Read] = [job]
+        ids = [job_id]
+        keys = job.record_keys(project, ids)
+        if client_id is not None:
+            reads.append(_read_of(CLIENT))
+            ids.append(client_id)
+            keys += reads[1].record_keys(project, (client_id,))
+        reads += [freelancer] * len(distinct)
+        ids += distinct
+        keys += freelancer.record_keys(project, distinct)
         try:
-            sent = send_records(self.client, self.project, _requests(job_id, client_id, distinct))
+            sent = send_records(self._connections, project, reads, ids, self._memo, keys)
         except (redis.RedisError, OSError, StoreError):
             self._failed()
             return None
@@ -419,4 +527,5 @@ class FeatureReader:
         return True
 
     def close(self) -> None:
+        self._connections.close()
         self.client.close()

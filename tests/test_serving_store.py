@@ -166,6 +166,48 @@ def test_a_request_mixing_every_case(client: redis.Redis) -> None:
     assert all(a is b for a, b in zip(first, again, strict=True))  # remembered, not decoded
 
 
+def test_entities_without_a_record_are_read_in_one_round_trip_once_known(
+    client: redis.Redis,
+) -> None:
+    requests = [(JOB, "j-1"), (CLIENT, "c-1"), *freelancers(4)]
+    fill(client, 11, *requests)
+    client.delete(record_key(PROJECT, FREELANCER, "f-2"))  # its hash alone, as Feast writes
+    asked = [*requests, (CLIENT, "c-nobody"), (FREELANCER, "f-nobody")]
+    memo = EntityMemo()
+    first, sent = read(client, asked, memo)
+    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 2  # found out
+    for _ in range(2):
+        again, sent = read(client, asked, memo)
+        assert all(a is b for a, b in zip(first, again, strict=True))
+        assert sent == {"mget": 1, "hmget": 3}  # the same commands, in one write
+    assert memo.round_trips == 4
+    # One of them gets a record: served from it (the HMGET sent with it is not needed), and
+    # from then on no HMGET is sent for it.
+    fill(client, 12, (FREELANCER, "f-nobody"))
+    found, sent = read(client, asked, memo)
+    assert found[-1] is not None and found[-1].stamp_us is not None
+    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 5
+    _, sent = read(client, asked, memo)
+    assert sent == {"mget": 1, "hmget": 2} and memo.round_trips == 6
+    # A known entity whose record goes away is found out again: two round trips, once.
+    client.delete(record_key(PROJECT, FREELANCER, "f-0"))
+    found, sent = read(client, asked, memo)
+    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 8
+    assert found[2] is not None and found[2].values == first[2].values
+
+
+def test_a_kept_connection_the_server_closed_is_connected_anew(client: redis.Redis) -> None:
+    fill(client, 13, (JOB, "j-1"), (FREELANCER, "f-1"))
+    reader = FeatureReader(connect(url_of(client), 1.0), PROJECT, retry_s=0.0)
+    first = reader.read("j-1", None, ["f-1"])
+    assert not first.degraded and len(reader._connections.idle) == 1
+    assert client.client_kill_filter(_type="normal", skipme=True) >= 1  # the reader's, idle
+    again = reader.read("j-1", None, ["f-1"])
+    assert again == dataclasses.replace(first, fetch_s=ANY) and reader.up
+    reader.close()
+    assert reader._connections.idle == []
+
+
 def test_a_changed_record_is_read_anew(client: redis.Redis) -> None:
     memo = EntityMemo()
     rng = random.Random(7)
@@ -207,7 +249,7 @@ def test_a_sent_read_is_received_by_read_or_dropped_for_other_ids(client: redis.
     )
     assert client.info("commandstats")["cmdstat_mget"]["calls"] == 1  # received, not sent again
     # Other ids than were sent (a body whose validated ids differ): dropped, the right ones read,
-    # and the pooled connection (one, reused) is left with nothing unread.
+    # and the kept connection (one, reused) is left with nothing unread.
     other = reader.send("j-1", None, ["f-2"])
     found = reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"], other)
     assert found == dataclasses.replace(plain, fetch_s=ANY)
@@ -215,7 +257,7 @@ def test_a_sent_read_is_received_by_read_or_dropped_for_other_ids(client: redis.
     assert reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"]) == dataclasses.replace(
         plain, fetch_s=ANY
     )
-    assert len(reader.client.connection_pool._available_connections) == 1
+    assert len(reader._connections.idle) == 1
     reader.drop(None)  # nothing sent: nothing to do
 
 
