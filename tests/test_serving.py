@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ import schemathesis
 import uvicorn
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -49,7 +51,8 @@ from flows.runner import run_backfill
 from serving import ServingSettings, create_app
 from serving.model import LoadedRanker
 from serving.ranker import best_match_count
-from serving.routes.rank import named_ids, parse
+from serving.routes.rank import loads, named_ids, parse
+from serving.schemas import RankRequest
 from serving.serving_log import serving_log_uri
 from serving.state import open_state
 from serving.store import FeatureReader, connect, read_stamped
@@ -420,15 +423,15 @@ def test_bad_input_gets_a_4xx_that_names_the_field(http: httpx.Client, case: str
 
 def test_the_ids_read_ahead_are_the_ids_validated_or_none(market: Market) -> None:
     good = _request(market)
-    assert named_ids(orjson.dumps(good)) == (
+    assert named_ids(loads(orjson.dumps(good))) == (
         good["job_id"],
         good["client_id"],
         [p["freelancer_id"] for p in good["proposals"]],
     )
-    assert named_ids(orjson.dumps(_with())) == ("j-1", None, ["f-1"])
+    assert named_ids(loads(orjson.dumps(_with()))) == ("j-1", None, ["f-1"])
     for case, (request, _) in BAD_REQUESTS.items():
         raw = orjson.dumps(request)
-        ids = named_ids(raw)
+        ids = named_ids(loads(raw))
         with pytest.raises(RequestValidationError):
             parse(raw)
         if ids is not None:  # the shape held: only ids as they are in the body, all valid ones
@@ -437,9 +440,49 @@ def test_the_ids_read_ahead_are_the_ids_validated_or_none(market: Market) -> Non
             assert client_id == request.get("client_id"), case
             assert freelancer_ids == [p["freelancer_id"] for p in request["proposals"]], case
     for raw in (b"", b"[1]", b'{"job_id": "j", "proposals": [', b'{"job_id": "j"}', b"\xff"):
-        assert named_ids(raw) is None
+        assert named_ids(loads(raw)) is None
     too_many = _with(proposals=[{**_GOOD, "proposal_id": f"p{i}"} for i in range(501)])
-    assert named_ids(orjson.dumps(too_many)) is None  # never more than a request may ask
+    assert named_ids(loads(orjson.dumps(too_many))) is None  # never more than a request may ask
+
+
+def _words(errors: Any) -> list[tuple[Any, ...]]:
+    return [(e["type"], e["loc"], e["msg"], e["input"]) for e in errors]
+
+
+def test_parse_is_pydantic_json_validation_in_result_and_in_words(market: Market) -> None:
+    """`parse` validates what orjson read, not the bytes: the same request, and on bad input
+    the same errors as `model_validate_json` (JSON's words, e.g. "an object")."""
+    rng = random.Random(5)
+    for n in range(50):
+        request = _request(market, explain=n % 2 == 0, extra={"n": n})
+        if n % 3 == 0:
+            del request["client_id"]
+        for proposal in request["proposals"]:
+            choice = rng.randrange(4)
+            if choice == 0:
+                proposal["bid_amount"] = rng.randint(1, 10**6)  # an integer is a number
+            elif choice == 1:
+                proposal["cover_letter"] = "Ünïcödé ✓ " * rng.randint(0, 5)
+            elif choice == 2:
+                del proposal["cover_letter"]
+        raw = orjson.dumps(request)
+        assert parse(raw) == RankRequest.model_validate_json(raw)
+    shapes = [
+        b"[]",
+        b"null",
+        b'{"job_id": "j", "proposals": {}}',
+        b'{"job_id": "j", "proposals": [7]}',
+    ]
+    raws = [orjson.dumps(request) for request, _ in BAD_REQUESTS.values()] + shapes
+    for raw in raws:
+        with pytest.raises(RequestValidationError) as told:
+            parse(raw)
+        with pytest.raises(ValidationError) as json_mode:
+            RankRequest.model_validate_json(raw)
+        assert _words(told.value.errors()) == _words(json_mode.value.errors()), raw
+    with pytest.raises(RequestValidationError) as told:
+        parse(b"[1]")
+    assert "Input should be an object" in str(told.value.errors())
 
 
 def test_a_bad_request_after_a_read_ahead_leaves_the_store_connection_clean(
@@ -447,7 +490,7 @@ def test_a_bad_request_after_a_read_ahead_leaves_the_store_connection_clean(
 ) -> None:
     good = http.post("/v1/rank", json=_request(market))
     assert good.status_code == 200, good.text
-    ahead = [request for request, _ in BAD_REQUESTS.values() if named_ids(orjson.dumps(request))]
+    ahead = [r for r, _ in BAD_REQUESTS.values() if named_ids(loads(orjson.dumps(r)))]
     assert len(ahead) >= 5  # bids, duplicates, letters, explain: ids fine, body not
     for request in ahead:
         assert http.post("/v1/rank", json=request).status_code == 422
