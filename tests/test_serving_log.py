@@ -6,16 +6,20 @@ the values are what a request would have read).
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 
 from serving.schemas import RankRequest
-from serving.serving_log import SCHEMA, ServedRequest, ServingLog, rows_table
+from serving.serving_log import SCHEMA, WRITER_NICE, ServedRequest, ServingLog, rows_table
 
 
 def served(k: int, proposals: int = 3, skills: Any = ("python", "sql")) -> ServedRequest:
@@ -109,5 +113,29 @@ def test_rows_wait_no_longer_than_flush_s_while_chunks_fill(tmp_path: Path) -> N
             time.sleep(0.05)
         assert written == [3]  # one request, far from a chunk: written by time
         assert read(uri)["job_id"].to_pylist() == ["j-1"] * 3
+    finally:
+        log.close()
+
+
+def test_rows_table_yields_between_steps_and_builds_the_same_rows() -> None:
+    requests = [served(k, proposals=1 + k % 3) for k in range(5)]
+    steps: list[int] = []
+    table = rows_table(requests, lambda: steps.append(1))
+    assert len(steps) == len(requests) + len(SCHEMA)  # after each request, each column
+    assert table.equals(rows_table(requests))
+    assert table.num_rows == sum(len(r.request.proposals) for r in requests)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_the_writer_runs_below_the_answers_priority(tmp_path: Path) -> None:
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    log = ServingLog(str(tmp_path / "serving_log"), batch_rows=10, flush_s=60.0, max_queued=10)
+    try:
+        deadline = time.monotonic() + 10
+        while log.niceness is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log.niceness == max(WRITER_NICE, before)
+        # the thread that made it (an answer's, in the service) keeps its own
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
     finally:
         log.close()
