@@ -201,9 +201,9 @@ class Connections:
     """The connections a reader sends on, kept between reads rather than returned to redis-py's
     pool: taking one from the pool and giving it back cost about as much CPU as the `MGET` reply's
     decoding (measured: 0.1 ms a request). A kept connection is checked before it is used, as the
-    pool checks one: if its socket is readable (the server closed it, or left a reply unread),
-    it is connected anew (redis-py's `connect`: AUTH, SELECT, TLS). One that failed midway is
-    disconnected, so it too is connected anew when next taken."""
+    pool checks one: if its socket is readable (`_readable`: the server closed it, or left a reply
+    unread), it is connected anew (redis-py's `connect`: AUTH, SELECT, TLS). One that failed
+    midway is disconnected, so it too is connected anew when next taken."""
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self.pool = pool
@@ -215,7 +215,7 @@ class Connections:
         except IndexError:
             conn = self.pool.make_connection()
         sock = conn._sock
-        if sock is None or select.select([sock], [], [], 0)[0]:
+        if sock is None or _readable(sock):
             conn.disconnect()
             try:
                 conn.connect()
@@ -230,6 +230,15 @@ class Connections:
     def close(self) -> None:
         while self.idle:
             self.idle.pop().disconnect()
+
+
+def _readable(sock: Any) -> bool:
+    """Whether a socket has something to read now (data, or the peer's close). `poll`, not
+    `select`, which refuses descriptors from 1024 on; and not a non-blocking `recv`, which on a
+    socket with a timeout waits for it."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _Pooled(Connections):
@@ -343,9 +352,8 @@ def receive_records(sent: SentRead, memo: EntityMemo) -> list[Stamped | None]:
                 found[i] = memo.decode(reads[i], raw) if raw[-2] else None
             else:  # it has a record now
                 memo.unrecorded_of(project, reads[i]).discard(ids[i])
-        missing = [i for i, stamped in enumerate(found) if stamped is None]
-        if sent.hashed:
-            missing = sorted(set(missing).difference(sent.hashed))
+        hashed = set(sent.hashed)  # read already, found or not
+        missing = [i for i, stamped in enumerate(found) if stamped is None and i not in hashed]
         if missing:
             _send(conn, b"".join([reads[i].command(project, ids[i]) for i in missing]))
             replies = _receive(conn, len(missing))

@@ -4,7 +4,9 @@ each entity without a record of this schema read from its hash, as the layout's 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import resource
 import time
 from typing import Any
 from unittest.mock import ANY
@@ -206,6 +208,27 @@ def test_a_kept_connection_the_server_closed_is_connected_anew(client: redis.Red
     assert again == dataclasses.replace(first, fetch_s=ANY) and reader.up
     reader.close()
     assert reader._connections.idle == []
+
+
+def test_a_kept_connection_past_descriptor_1024_is_checked(client: redis.Redis) -> None:
+    """`select` refuses descriptors from 1024 on (FD_SETSIZE); a busy service has that many."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this system allows {hard} open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        fill(client, 14, (JOB, "j-1"), (FREELANCER, "f-1"))
+        reader = FeatureReader(connect(url_of(client), 1.0), PROJECT, retry_s=0.0)
+        first = reader.read("j-1", None, ["f-1"])
+        assert reader._connections.idle[0]._sock.fileno() >= 1024
+        again = reader.read("j-1", None, ["f-1"])  # the kept connection, checked
+        assert not first.degraded and again == dataclasses.replace(first, fetch_s=ANY)
+        reader.close()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_a_changed_record_is_read_anew(client: redis.Redis) -> None:

@@ -8,9 +8,9 @@ It is answered by `serve`, which `app.RankingApp` calls ahead of Starlette's mid
 and routing: the body is read once by orjson and validated from what it read (`parse`), and no
 dependency is resolved per request. Measured in the service, that stack (error, telemetry and
 body-limit middleware, routing, body parsing, dependencies) cost about as much CPU as ranking the
-request. The FastAPI route below is declared for the OpenAPI
-schema (the same request and answer models, the same errors) and does the same work through
-`answer` with FastAPI's dependencies, should anything reach it (before the lifespan has run).
+request. The FastAPI route below is declared for the OpenAPI schema (the same request and answer
+models, the same errors) and does the same work through `answer` with FastAPI's dependencies,
+should anything reach it (before the lifespan has run).
 """
 
 from __future__ import annotations
