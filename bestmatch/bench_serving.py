@@ -27,9 +27,12 @@ def bench_serving(
         ),
     ] = None,
 ) -> None:
-    """Ranking latency at 1 and 16 clients, side by side with the Feast client path."""
+    """Ranking latency at 1 and 16 clients, beside a bare endpoint and the Feast client path."""
     from bestmatch.cli import _settings
     from bestmatch.serve_bench import bench_serve
+
+    # the model is downloaded three times (service, steps, floor): no progress bar each time
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     report = bench_serve(
         _settings(),

@@ -7,6 +7,12 @@ same champion model:
 - the service: `serving.run` in its own process (uvicorn, one worker), driven over HTTP/1.1
   keep-alive by a lean client (pre-encoded requests on raw sockets) with 1 client, then with 16
   concurrent clients;
+- the floor: the least a ranking endpoint does, in its own process (uvicorn on uvloop, one
+  FastAPI route): read the body, one `MGET` of the proposals' freelancers (each one's model row as
+  packed float64, written under a key of its own for the bench and deleted after), LightGBM's
+  `Booster.predict` of those rows, a sorted JSON answer. No validation, no request-time features,
+  no metrics, no log. What the machine allows a Python service at all, measured in the same run
+  by the same client: on a VM whose speed drifts, the service's figures are read against it;
 - the Feast path: `FeatureStore.get_online_features` for the request's rows (one per proposal, with
   the job, client and freelancer keys), then the same `request_matrix`, the same booster and a
   sorted JSON answer, called in this process by 1 and by 16 threads. It has no HTTP at all, so the
@@ -19,8 +25,10 @@ to that load). The service's own steps are timed in-process too (CPU: the Redis 
 `matrix_of`, the predictor), so a reader sees where the time goes; and the two sides' scores
 for one request are compared.
 
-It reads what is there and writes nothing but the service's serving log: it needs a backfilled
-store and a registered champion (`bestmatch backfill`, `bestmatch train`).
+It reads what is there and writes nothing but the service's serving log and the floor's rows
+(under `bestmatch:bench-floor:<run>:`, deleted at the end and expiring within the hour should the
+bench be killed): it needs a backfilled store and a registered champion (`bestmatch backfill`,
+`bestmatch train`).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +139,7 @@ class ServeBench:
     model_version: str
     workers: int
     service: dict[int, Runs]
+    floor: dict[int, Runs]
     feast: dict[int, Runs]
     steps: dict[str, float]  # median ms of each step
     same_scores: bool
@@ -151,6 +161,10 @@ class ServeBench:
                 for n, f in sorted(self.service.items())
             ),
             *(
+                (f"floor (1 process), {n} client{'s' if n > 1 else ''}", f.line())
+                for n, f in sorted(self.floor.items())
+            ),
+            *(
                 (f"Feast path, {n} thread{'s' if n > 1 else ''}", f.line())
                 for n, f in sorted(self.feast.items())
             ),
@@ -160,6 +174,7 @@ class ServeBench:
                 f"p99 {one.p99_ms:.2f} ms (<= {GOAL_P99_MS:g})",
             ),
             ("goal: saturated", f"{saturated:,.0f} req/s (>= {GOAL_RPS:,.0f})"),
+            ("service / floor, 1 client", self.against_floor()),
             ("ratio p50 (service / Feast), 1 client", f"{self.ratio:.2f}x (<= {GOAL_RATIO:g}x)"),
             (
                 "ratio p50, concurrent",
@@ -171,6 +186,13 @@ class ServeBench:
             ),
             ("same scores on both paths", "yes" if self.same_scores else "NO"),
         ]
+
+    def against_floor(self) -> str:
+        one, floor = self.service[min(self.service)], self.floor[min(self.floor)]
+        return (
+            f"p50 {one.p50_ms / floor.p50_ms:.2f}x (+{one.p50_ms - floor.p50_ms:.2f} ms), "
+            f"p99 {one.p99_ms / floor.p99_ms:.2f}x"
+        )
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -395,6 +417,102 @@ def _wait_ready(
         time.sleep(0.2)
 
 
+# --- the floor -----------------------------------------------------------------------------------
+
+FLOOR_PREFIX = "bestmatch:bench-floor"
+FLOOR_EXPIRY_S = 3600
+
+
+def floor_rows(
+    settings: Settings, bodies: Sequence[dict[str, Any]], prefix: str
+) -> dict[bytes, bytes]:
+    """The floor's rows: each freelancer the requests name, under `prefix`, as its model row
+    (its store columns as serving computes them; NaN elsewhere, and for an unknown freelancer)."""
+    from serving.store import FeatureReader, connect
+
+    client = connect(settings.redis_url, 5.0)
+    reader = FeatureReader(client, settings.feast_project, 0.0)
+    rows: dict[bytes, bytes] = {}
+    try:
+        for body in bodies:
+            ids = [p["freelancer_id"] for p in body["proposals"]]
+            found = reader.read(body["job_id"], body.get("client_id"), ids)
+            for fid, stamped in found.freelancers.items():
+                if stamped is not None and stamped.columns is not None:
+                    rows[f"{prefix}{fid}".encode()] = stamped.columns.row.tobytes()
+    finally:
+        reader.close()
+        client.close()
+    return rows
+
+
+def start_floor(
+    settings: Settings, port: int, booster: Any, bodies: Sequence[dict[str, Any]], prefix: str
+) -> subprocess.Popen[bytes]:
+    """Write the floor's rows under `prefix` and start its process."""
+    import redis
+
+    rows = floor_rows(settings, bodies, prefix)
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for key, row in rows.items():
+                pipe.set(key, row, ex=FLOOR_EXPIRY_S)
+            pipe.execute()
+    finally:
+        client.close()
+    code = "from bestmatch.bench_floor import floor_child; floor_child()"
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=child_env())
+    given = {
+        "model": booster.model_to_string(),
+        "redis_url": settings.redis_url,
+        "prefix": prefix,
+        "port": port,
+    }
+    assert process.stdin is not None
+    process.stdin.write(orjson.dumps(given))
+    process.stdin.close()
+    return process
+
+
+def drop_floor(settings: Settings, prefix: str) -> None:
+    """Delete the floor's rows."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    finally:
+        client.close()
+
+
+def _wait_answers(port: int, process: subprocess.Popen[bytes], raw: bytes) -> None:
+    """Wait until the floor answers a request."""
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            msg = "the floor's process stopped while starting (see its log above)"
+            raise ModelError(msg)
+        try:
+            conn = _Connection(port)
+        except OSError:
+            if time.monotonic() > deadline:
+                msg = "the floor's process did not answer within 120 s"
+                raise ModelError(msg) from None
+            time.sleep(0.2)
+            continue
+        try:
+            status, answer = conn.ask(raw)
+        finally:
+            conn.close()
+        if status != 200:
+            msg = f"the floor answered {status}: {answer[:300]!r}"
+            raise ModelError(msg)
+        return
+
+
 # --- the Feast path ------------------------------------------------------------------------------
 
 
@@ -601,7 +719,8 @@ def bench_serve(
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> ServeBench:
-    """Time the service and the Feast path on the same requests; check they score alike.
+    """Time the service, the floor and the Feast path on the same requests; check the service
+    and Feast score alike.
 
     Each setting (side, number of clients) runs `rounds` times for `duration_s`, the sides taking
     turns, so a burst of load elsewhere on the machine hits both; medians are reported.
@@ -612,7 +731,10 @@ def bench_serve(
     port = free_port()
     say(f"starting the service on port {port} ({workers} worker{'s' if workers > 1 else ''})")
     process = start_service(settings, port, log_rate, workers)
+    floor_process: subprocess.Popen[bytes] | None = None
+    prefix = f"{FLOOR_PREFIX}:{uuid.uuid4().hex[:12]}:"
     service: dict[int, list[Figures]] = {n: [] for n in clients}
+    floor: dict[int, list[Figures]] = {n: [] for n in clients}
     feast: dict[int, list[Figures]] = {n: [] for n in clients}
     try:
         ready = _wait_ready(port, process)
@@ -631,6 +753,12 @@ def bench_serve(
         model = load_version(settings, version)
         steps = step_costs(settings, model, bodies[: min(len(bodies), 300)])
 
+        floor_port = free_port()
+        say(f"starting the floor on port {floor_port} (1 process)")
+        floor_process = start_floor(settings, floor_port, model.booster, bodies, prefix)
+        floor_raws = [_http_request(floor_port, orjson.dumps(b), None) for b in bodies]
+        _wait_answers(floor_port, floor_process, floor_raws[0])
+
         say("loading Feast (a slow import)")
         from training.feast_reference import feast_store
 
@@ -642,21 +770,31 @@ def bench_serve(
             )
             for n in clients:  # warm-ups, not counted
                 _drive(port, process.pid, raws, warmup_s, n)
+                _drive(floor_port, floor_process.pid, floor_raws, warmup_s, n)
                 _call(ranker.rank, bodies, warmup_s, n)
             for round_ in range(1, rounds + 1):
                 for n in clients:
                     say(f"round {round_}/{rounds}: {n} client(s), {duration_s:g} s each side")
                     service[n].append(_drive(port, process.pid, raws, duration_s, n))
+                    floor[n].append(
+                        _drive(floor_port, floor_process.pid, floor_raws, duration_s, n)
+                    )
                     feast[n].append(_call(ranker.rank, bodies, duration_s, n))
     finally:
         process.terminate()  # uvicorn shuts down cleanly: the serving log is flushed
+        if floor_process is not None:
+            floor_process.terminate()
         process.wait(timeout=60)
+        if floor_process is not None:
+            floor_process.wait(timeout=60)
+        drop_floor(settings, prefix)
     return ServeBench(
         requests,
         proposals,
         version,
         workers,
         {n: Runs(runs) for n, runs in service.items()},
+        {n: Runs(runs) for n, runs in floor.items()},
         {n: Runs(runs) for n, runs in feast.items()},
         steps,
         same,

@@ -679,17 +679,23 @@ def test_no_input_makes_the_service_answer_5xx(
 
 
 def test_bench_serve_times_both_paths_on_the_same_requests(market: Market) -> None:
-    from bestmatch.serve_bench import bench_serve
+    from bestmatch.serve_bench import FLOOR_PREFIX, bench_serve
 
     bench = bench_serve(
         market.serving, proposals=5, requests=10, duration_s=0.3, rounds=1, warmup_s=0.1
     )
     assert bench.same_scores and bench.model_version == "1"
-    assert set(bench.service) == set(bench.feast) == {1, 16}
-    assert all(run.runs[0].errors == 0 and run.rps > 0 for run in bench.service.values())
+    assert set(bench.service) == set(bench.floor) == set(bench.feast) == {1, 16}
+    for runs in (*bench.service.values(), *bench.floor.values()):
+        assert runs.runs[0].errors == 0 and runs.rps > 0
     labels = [label for label, _ in bench.rows()]
     assert "service, 1 client" in labels and "Feast path, 16 threads" in labels
+    assert "floor (1 process), 16 clients" in labels and "service / floor, 1 client" in labels
     assert "ratio p50 (service / Feast), 1 client" in labels
+    # the floor's rows are gone with it
+    client = redis.Redis.from_url(market.serving.redis_url)
+    assert not list(client.scan_iter(match=f"{FLOOR_PREFIX}:*"))
+    client.close()
 
 
 # --- the champion alias (last: these move it) ----------------------------------------------------
