@@ -41,12 +41,18 @@ log = logging.getLogger("bestmatch.serving")
 
 
 class MatrixPredictor:
-    """`booster.predict(matrix, num_threads=...)` for a C-contiguous float64 matrix, with what
+    """`booster.predict(matrix, num_threads=...)` (and with `pred_contrib=True`), with what
     `Booster.predict` rebuilds on every call (its inner predictor, the parameter string, the
     argument checks) built once per loaded model: one C call per request. It uses LightGBM's
     C API through the Python package's own handle to the library (`lightgbm.basic._LIB`, not
     public): `usable` is False where that is not there, and `LoadedRanker` then keeps to
-    `Booster.predict`; a test holds the two to the same scores, bit for bit."""
+    `Booster.predict`; a test holds the two to the same scores, bit for bit.
+
+    The arrays are passed as plain addresses (they stay alive in `predict`'s frame for the
+    call), not through numpy's `ctypes.data_as`, which builds a reference cycle around the
+    array: garbage only the cyclic GC frees. Measured in the service: two such cycles per
+    request held each request's matrix until a collection, and every ~1,500 requests a
+    generation-0 collection freeing them took 11-18 ms."""
 
     def __init__(self, booster: lgb.Booster, threads: int) -> None:
         self.booster = booster
@@ -66,31 +72,39 @@ class MatrixPredictor:
         self.usable = self._per_row == 1
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """The scores, one per row."""
+        return self._predict(matrix, _NORMAL, 1)[:, 0]
+
+    def contributions(self, matrix: np.ndarray) -> np.ndarray:
+        """`pred_contrib`: per row, each feature's contribution, then the bias."""
+        return self._predict(matrix, _CONTRIB, self._columns.value + 1)
+
+    def _predict(self, matrix: np.ndarray, kind: ctypes.c_int, width: int) -> np.ndarray:
         rows = matrix.shape[0]
         if matrix.shape[1] != self._columns.value:
             msg = f"the model reads {self._columns.value} columns, not {matrix.shape[1]}"
             raise ValueError(msg)
         matrix = np.ascontiguousarray(matrix, dtype=np.float64)
-        out = np.empty(rows, dtype=np.float64)
+        out = np.empty((rows, width), dtype=np.float64)
         written = ctypes.c_int64(0)
         self._check(
             self._call(
                 self._handle,
-                matrix.ctypes.data_as(ctypes.c_void_p),
+                ctypes.c_void_p(matrix.ctypes.data),
                 _FLOAT64,
                 ctypes.c_int32(rows),
                 self._columns,
                 _ROW_MAJOR,
-                _NORMAL,
+                kind,
                 _FIRST,
                 self._iteration,
                 self._parameters,
                 ctypes.byref(written),
-                out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                ctypes.c_void_p(out.ctypes.data),
             )
         )
-        if written.value != rows:
-            msg = f"LightGBM wrote {written.value} scores for {rows} rows"
+        if written.value != out.size:
+            msg = f"LightGBM wrote {written.value} values for {rows} rows of {width}"
             raise ValueError(msg)
         return out
 
@@ -99,6 +113,7 @@ class MatrixPredictor:
 _FLOAT64 = ctypes.c_int(1)  # C_API_DTYPE_FLOAT64
 _ROW_MAJOR = ctypes.c_int(1)
 _NORMAL = ctypes.c_int(0)  # C_API_PREDICT_NORMAL
+_CONTRIB = ctypes.c_int(3)  # C_API_PREDICT_CONTRIB
 _FIRST = ctypes.c_int(0)  # start_iteration
 
 
@@ -125,6 +140,8 @@ class LoadedRanker:
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """Per row, each feature's contribution to the score, then the bias (n x (F + 1))."""
+        if self.predictor is not None and matrix.shape[0]:
+            return self.predictor.contributions(matrix)
         return np.asarray(self.booster.predict(matrix, pred_contrib=True, num_threads=self.threads))
 
 
