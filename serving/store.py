@@ -291,6 +291,7 @@ class SentRead:
     project: str
     reads: Sequence[_Read]  # each entity's kind
     ids: Sequence[str]
+    runs: list[tuple[int, int, _Read]]  # `_runs(reads)`
     hashed: list[int]
     conn: Any
 
@@ -302,11 +303,15 @@ def send_records(
     ids: Sequence[str],
     memo: EntityMemo,
     keys: list[bytes] | None = None,
+    runs: list[tuple[int, int, _Read]] | None = None,
 ) -> SentRead:
-    """Send the `MGET` of `read_stamped` (`keys`: its arguments, if the caller has them)."""
+    """Send the `MGET` of `read_stamped` (`keys`: its arguments, and `runs`: `_runs(reads)`,
+    if the caller has them)."""
     if keys is None:
         keys = [read.record_keys(project, (i,))[0] for read, i in zip(reads, ids, strict=True)]
-    hashed = _hashed(memo, project, reads, ids)
+    if runs is None:
+        runs = _runs(reads)
+    hashed = _hashed(memo, project, runs, ids)
     packed = b"*%d\r\n%s%s" % (len(keys) + 1, _MGET, b"".join(keys))
     if hashed:
         packed += b"".join([reads[i].command(project, ids[i]) for i in hashed])
@@ -317,22 +322,31 @@ def send_records(
         conn.disconnect()
         connections.give(conn)
         raise
-    return SentRead(connections, project, reads, ids, hashed, conn)
+    return SentRead(connections, project, reads, ids, runs, hashed, conn)
+
+
+def _runs(reads: Sequence[_Read]) -> list[tuple[int, int, _Read]]:
+    """The places of `reads` as runs of one kind: (start, end, read). A request's are the job,
+    its client, then every freelancer: three runs, whatever the number of proposals."""
+    runs: list[tuple[int, int, _Read]] = []
+    start = 0
+    for n in range(1, len(reads) + 1):
+        if n == len(reads) or reads[n] is not reads[start]:
+            runs.append((start, n, reads[start]))
+            start = n
+    return runs
 
 
 def _hashed(
-    memo: EntityMemo, project: str, reads: Sequence[_Read], ids: Sequence[str]
+    memo: EntityMemo, project: str, runs: list[tuple[int, int, _Read]], ids: Sequence[str]
 ) -> list[int]:
-    """The places of the entities `memo` knows have no record (a lookup per kind, not per entity,
-    while there are none)."""
+    """The places of the entities `memo` knows have no record: per run of one kind, a set
+    lookup (in C) first, a look at each entity only where one of them is there."""
     hashed: list[int] = []
-    unrecorded: dict[str, set[str]] = {}
-    for n, (read, entity_id) in enumerate(zip(reads, ids, strict=True)):
-        known = unrecorded.get(read.kind)
-        if known is None:
-            known = unrecorded[read.kind] = memo.unrecorded_of(project, read)
-        if known and entity_id in known:
-            hashed.append(n)
+    for start, end, read in runs:
+        known = memo.unrecorded_of(project, read)
+        if known and not known.isdisjoint(ids[start:end]):
+            hashed += [n for n in range(start, end) if ids[n] in known]
     return hashed
 
 
@@ -342,11 +356,17 @@ def receive_records(sent: SentRead, memo: EntityMemo) -> list[Stamped | None]:
     try:
         records, *hashes = _receive(conn, 1 + len(sent.hashed))
         memo.round_trips += 1
-        tables = memo.tables  # a lookup first: decoding is for the records not seen before
-        found = [
-            None if raw is None else tables[read.kind].get(raw) or memo.from_record(read, raw)
-            for read, raw in zip(reads, records, strict=True)
-        ]
+        if len(records) != len(reads):
+            msg = f"the online store answered {len(records)} records for {len(reads)} keys"
+            raise StoreError(msg)
+        # A lookup first, per run of one kind: decoding is for the records not seen before.
+        found: list[Stamped | None] = []
+        for start, end, read in sent.runs:
+            found += map(memo.tables[read.kind].get, records[start:end])
+        for n in [n for n, stamped in enumerate(found) if stamped is None]:
+            raw = records[n]
+            if raw is not None:
+                found[n] = memo.from_record(reads[n], raw)
         for i, raw in zip(sent.hashed, hashes, strict=True):
             if found[i] is None:
                 found[i] = memo.decode(reads[i], raw) if raw[-2] else None
@@ -461,16 +481,21 @@ class FeatureReader:
         job, freelancer = _read_of(JOB), _read_of(FREELANCER)
         reads: list[_Read] = [job]
         ids = [job_id]
+        runs = [(0, 1, job)]
         keys = job.record_keys(project, ids)
         if client_id is not None:
-            reads.append(_read_of(CLIENT))
+            client = _read_of(CLIENT)
+            reads.append(client)
             ids.append(client_id)
-            keys += reads[1].record_keys(project, (client_id,))
+            runs.append((1, 2, client))
+            keys += client.record_keys(project, (client_id,))
+        if distinct:
+            runs.append((len(ids), len(ids) + len(distinct), freelancer))
         reads += [freelancer] * len(distinct)
         ids += distinct
         keys += freelancer.record_keys(project, distinct)
         try:
-            sent = send_records(self._connections, project, reads, ids, self._memo, keys)
+            sent = send_records(self._connections, project, reads, ids, self._memo, keys, runs)
         except (redis.RedisError, OSError, StoreError):
             self._failed()
             return None
