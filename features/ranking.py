@@ -39,8 +39,9 @@ from __future__ import annotations
 import itertools
 import operator
 import struct
+import threading
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -420,13 +421,48 @@ def _skills_named(named: set[str], letters: Sequence[str], lengths: list[int]) -
     return counts
 
 
+_SKILL_BITS: dict[Any, int] = {}  # each skill a freelancer has had: its bit in a skill mask
+_SKILL_BITS_LOCK = threading.Lock()
+
+
+def skill_mask(skills: Sequence[str] | None) -> int | None:
+    """A freelancer's distinct skills as the bits of one int (None: skills missing), so that
+    the skills a job shares with it are counted by one `&` and a popcount, not a set
+    intersection per proposal. A skill gets its bit the first time a freelancer has it (the
+    table grows with the vocabulary, never with requests: a job's skills take no bits)."""
+    if skills is None:
+        return None
+    bits = _SKILL_BITS
+    mask = 0
+    for skill in skills:
+        bit = bits.get(skill)
+        if bit is None:
+            with _SKILL_BITS_LOCK:
+                bit = bits.setdefault(skill, len(bits))
+        mask |= 1 << bit
+    return mask
+
+
+def _job_mask(skills: Iterable[str]) -> int:
+    """A job's skills as `skill_mask`'s bits; a skill no freelancer had has none (and matches
+    no freelancer)."""
+    bits = _SKILL_BITS
+    mask = 0
+    for skill in skills:
+        bit = bits.get(skill)
+        if bit is not None:
+            mask |= 1 << bit
+    return mask
+
+
 def _skill_columns(
     out: np.ndarray,
     job_skills: Sequence[str] | None,
-    freelancer_skills: Sequence[Sequence[str] | None],
+    freelancer_masks: Sequence[int | None],
     letters: Sequence[str],
 ) -> None:
-    """`skill_matches`, `skill_overlap`, `cover_letter_chars`, `cover_letter_job_skills`."""
+    """`skill_matches`, `skill_overlap`, `cover_letter_chars`, `cover_letter_job_skills`.
+    `freelancer_masks`: each proposal's freelancer's `skill_mask`."""
     n = len(letters)
     lengths = list(map(len, letters))
     if job_skills is None:
@@ -435,7 +471,8 @@ def _skill_columns(
         total = _NAN
     else:
         wanted = set(job_skills)
-        matches = [_NAN if s is None else len(wanted.intersection(s)) for s in freelancer_skills]
+        job = _job_mask(wanted)
+        matches = [_NAN if m is None else (m & job).bit_count() for m in freelancer_masks]
         lowered = {s for s in _lower([s for s in wanted if s is not None]) if s}
         named = _skills_named(lowered, letters, lengths) if lowered else [0] * n
         total = len(job_skills) or _NAN
@@ -457,6 +494,7 @@ class FreelancerColumns:
     row: np.ndarray
     skills: Sequence[str] | None
     packed: bytes
+    skill_mask: int | None  # `skill_mask(skills)`
 
 
 def freelancer_columns(freelancer: Mapping[str, Any]) -> FreelancerColumns:
@@ -469,7 +507,8 @@ def freelancer_columns(freelancer: Mapping[str, Any]) -> FreelancerColumns:
     packed = (
         row[_FREELANCER_COLUMNS.where].tobytes() + _divisors(row[_FREELANCER_DIVISORS]).tobytes()
     )
-    return FreelancerColumns(row, freelancer.get("fl_skills"), packed)
+    skills = freelancer.get("fl_skills")
+    return FreelancerColumns(row, skills, packed, skill_mask(skills))
 
 
 def request_matrix(job: Mapping[str, Any], proposals: Sequence[RequestProposal]) -> np.ndarray:
@@ -489,7 +528,7 @@ def request_matrix(job: Mapping[str, Any], proposals: Sequence[RequestProposal])
         job,
         [p.bid_amount for p in proposals],
         [p.cover_letter for p in proposals],
-        [f.get("fl_skills") for f in freelancers],
+        [skill_mask(f.get("fl_skills")) for f in freelancers],
         _divisors(out[:, _FREELANCER_DIVISORS]),
     )
     return out
@@ -512,7 +551,8 @@ def matrix_of(
     packed = packed.reshape(n, -1)
     stored = len(_FREELANCER_COLUMNS.sources)
     out[:, _FREELANCER_COLUMNS.where] = packed[:, :stored]
-    _request_columns(out, job, bids, letters, [f.skills for f in freelancers], packed[:, stored:])
+    masks = [f.skill_mask for f in freelancers]
+    _request_columns(out, job, bids, letters, masks, packed[:, stored:])
     return out
 
 
@@ -521,7 +561,7 @@ def _request_columns(
     job: Mapping[str, Any],
     bids: Sequence[float],
     letters: Sequence[str],
-    freelancer_skills: Sequence[Sequence[str] | None],
+    skill_masks: Sequence[int | None],
     divisors: np.ndarray,
 ) -> None:
     """The job's columns and the request-relative ones, in place; the freelancers' columns of
@@ -537,4 +577,4 @@ def _request_columns(
         _bid_ranks(out, bid)
     low = _number(job.get("job_budget_min"))
     out[:, _C["bid_within_budget"]] = _within(bid, low, budget_max)
-    _skill_columns(out, job.get("job_skills"), freelancer_skills, letters)
+    _skill_columns(out, job.get("job_skills"), skill_masks, letters)

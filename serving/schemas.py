@@ -69,6 +69,8 @@ class RankRequest(_Strict):
     @field_validator("proposals")
     @classmethod
     def _distinct_ids(cls, proposals: list[ProposalIn]) -> list[ProposalIn]:
+        if len({p.proposal_id for p in proposals}) == len(proposals):
+            return proposals  # the common case, checked at once; else: which two are alike
         first: dict[str, int] = {}
         for index, proposal in enumerate(proposals):
             seen = first.setdefault(proposal.proposal_id, index)
