@@ -9,11 +9,11 @@ The alias tests come last: they move the champion.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
 import math
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +43,7 @@ from schemathesis.checks import (
 )
 
 from bestmatch.marketplace import simulate
+from bestmatch.services import child_env
 from features.errors import ModelError
 from features.offline_layout import TIMESTAMP_COLUMN
 from features.online_layout import EntityUpdate, read_entities, write_entities
@@ -53,7 +54,7 @@ from flows.runner import run_backfill
 from serving import ServingSettings, create_app
 from serving.model import LoadedRanker
 from serving.ranker import best_match_count
-from serving.routes.rank import loads, named_ids, parse, serve
+from serving.routes.rank import loads, named_ids, parse
 from serving.schemas import RankRequest
 from serving.serving_log import serving_log_uri
 from serving.state import open_state
@@ -677,46 +678,67 @@ def test_no_input_makes_the_service_answer_5xx(
         fuzz()
 
 
+_GARBAGE_PROBE = """
+import asyncio, gc, sys
+import orjson
+from features.settings import Settings
+from serving import ServingSettings
+from serving.routes.rank import serve
+from serving.state import open_state
+
+given = orjson.loads(sys.stdin.buffer.read())
+settings = Settings(**given["settings"], _env_file=None)
+# every request sampled; the background threads quiet (no registry poll, no write)
+quiet = ServingSettings(_env_file=None, log_rate=1.0, log_flush_s=3600, model_poll_s=3600)
+state = open_state(settings, quiet)
+bodies = [orjson.dumps(body) for body in given["bodies"]]
+statuses = []
+
+async def send(message):
+    if message["type"] == "http.response.start":
+        statuses.append(message["status"])
+
+async def answers():
+    for _ in range(20):
+        for body in bodies:
+            async def receive(body=body):
+                return {"type": "http.request", "body": body, "more_body": False}
+            await serve(state, {"type": "http", "headers": []}, receive, send)
+
+asyncio.run(answers())  # warm: what is built once (tables, memo) is built
+gc.collect()
+gc.disable()
+asyncio.run(answers())
+found = gc.collect()
+gc.enable()
+state.close()
+print(orjson.dumps({"statuses": statuses, "found": found}).decode())
+"""
+
+
 def test_answering_leaves_no_garbage_for_the_cyclic_collector(market: Market) -> None:
     """A request's objects are freed when it ends, not by the cyclic GC: nothing of `POST
     /v1/rank` (parse, read, features, predict, explain, the log's sample) builds a reference
     cycle. (numpy's `ctypes.data_as` did, twice a request: it kept each matrix alive until a
-    collection, which then paused the service for 11-18 ms.)"""
-    # Every request sampled; the background threads kept quiet (no registry poll, no write)
-    # while the collector counts, as their garbage would count with the requests'.
-    quiet = serving_settings(log_rate=1.0, log_flush_s=3600, model_poll_s=3600)
-    state = open_state(market.serving, quiet)
+    collection, which then paused the service for 11-18 ms.) Counted in a process of its own:
+    in this one, the module's running services poll the registry, whose garbage would count."""
     request = _request(market)
-    bodies = [orjson.dumps(request), orjson.dumps({**request, "explain": True})]
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    async def ask(body: bytes) -> None:
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await serve(state, {"type": "http", "headers": []}, receive, send)
-
-    async def answers() -> None:
-        for _ in range(20):
-            for body in bodies:
-                await ask(body)
-
-    try:
-        asyncio.run(answers())  # warm: what is built once (tables, memo) is built
-        gc.collect()
-        gc.disable()
-        try:
-            asyncio.run(answers())
-            found = gc.collect()
-        finally:
-            gc.enable()
-    finally:
-        state.close()
-    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200] * 80
-    assert found == 0, f"{found} objects left for the cyclic GC"
+    given = {
+        "settings": market.serving.model_dump(),
+        "bodies": [request, {**request, "explain": True}],
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _GARBAGE_PROBE],
+        input=orjson.dumps(given),
+        capture_output=True,
+        timeout=300,
+        check=False,
+        env=child_env(),
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    answer = orjson.loads(done.stdout.splitlines()[-1])
+    assert answer["statuses"] == [200] * 80
+    assert answer["found"] == 0, f"{answer['found']} objects left for the cyclic GC"
 
 
 # --- the benchmark ---------------------------------------------------------------------------
