@@ -374,21 +374,26 @@ def serve_child() -> None:
     run(settings, "127.0.0.1", given["port"], serving=config, log_level="warning")
 
 
+def _start_child(module: str, function: str, given: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """A Python process running `module.function()`, which reads `given` as JSON on stdin."""
+    code = f"from {module} import {function}; {function}()"
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=child_env())
+    assert process.stdin is not None
+    process.stdin.write(orjson.dumps(given))
+    process.stdin.close()
+    return process
+
+
 def start_service(
     settings: Settings, port: int, log_rate: float, workers: int = 1
 ) -> subprocess.Popen[bytes]:
-    code = "from bestmatch.serve_bench import serve_child; serve_child()"
-    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=child_env())
     given = {
         "settings": settings.model_dump(),
         "port": port,
         "log_rate": log_rate,
         "workers": workers,
     }
-    assert process.stdin is not None
-    process.stdin.write(orjson.dumps(given))
-    process.stdin.close()
-    return process
+    return _start_child("bestmatch.serve_bench", "serve_child", given)
 
 
 def _wait_ready(
@@ -423,11 +428,10 @@ FLOOR_PREFIX = "bestmatch:bench-floor"
 FLOOR_EXPIRY_S = 3600
 
 
-def floor_rows(
-    settings: Settings, bodies: Sequence[dict[str, Any]], prefix: str
-) -> dict[bytes, bytes]:
-    """The floor's rows: each freelancer the requests name, under `prefix`, as its model row
-    (its store columns as serving computes them; NaN elsewhere, and for an unknown freelancer)."""
+def write_floor_rows(settings: Settings, bodies: Sequence[dict[str, Any]], prefix: str) -> None:
+    """The floor's rows, under `prefix` (expiring after `FLOOR_EXPIRY_S`): each freelancer the
+    requests name, as its model row (its store columns as serving computes them; NaN elsewhere,
+    and for an unknown freelancer)."""
     from serving.store import FeatureReader, connect
 
     client = connect(settings.redis_url, 5.0)
@@ -440,39 +444,27 @@ def floor_rows(
             for fid, stamped in found.freelancers.items():
                 if stamped is not None and stamped.columns is not None:
                     rows[f"{prefix}{fid}".encode()] = stamped.columns.row.tobytes()
+        with client.pipeline(transaction=False) as pipe:
+            for key, row in rows.items():
+                pipe.set(key, row, ex=FLOOR_EXPIRY_S)
+            pipe.execute()
     finally:
         reader.close()
         client.close()
-    return rows
 
 
 def start_floor(
     settings: Settings, port: int, booster: Any, bodies: Sequence[dict[str, Any]], prefix: str
 ) -> subprocess.Popen[bytes]:
     """Write the floor's rows under `prefix` and start its process."""
-    import redis
-
-    rows = floor_rows(settings, bodies, prefix)
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            for key, row in rows.items():
-                pipe.set(key, row, ex=FLOOR_EXPIRY_S)
-            pipe.execute()
-    finally:
-        client.close()
-    code = "from bestmatch.bench_floor import floor_child; floor_child()"
-    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=child_env())
+    write_floor_rows(settings, bodies, prefix)
     given = {
         "model": booster.model_to_string(),
         "redis_url": settings.redis_url,
         "prefix": prefix,
         "port": port,
     }
-    assert process.stdin is not None
-    process.stdin.write(orjson.dumps(given))
-    process.stdin.close()
-    return process
+    return _start_child("bestmatch.bench_floor", "floor_child", given)
 
 
 def drop_floor(settings: Settings, prefix: str) -> None:

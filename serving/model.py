@@ -48,7 +48,7 @@ class MatrixPredictor:
     public): `usable` is False where that is not there, and `LoadedRanker` then keeps to
     `Booster.predict`; a test holds the two to the same scores, bit for bit.
 
-    The arrays are passed as plain addresses (they stay alive in `predict`'s frame for the
+    The arrays are passed as plain addresses (they stay alive in `_predict`'s frame for the
     call), not through numpy's `ctypes.data_as`, which builds a reference cycle around the
     array: garbage only the cyclic GC frees. Measured in the service: two such cycles per
     request held each request's matrix until a collection, and every ~1,500 requests a
