@@ -1,35 +1,49 @@
 """The serving log: a sample of served feature vectors, in the Delta table `<lake>/serving_log`.
 
 A sampled request (each with probability `log_rate`; whole requests, so a logged list can be
-studied as a ranking) is handed to a queue and the request goes on. A background thread turns
-requests into rows (one per proposal: the request time, ids, model version, the store values the
-model read, the bid, the score and rank), a chunk of requests at a time as they come, and appends
-them to Delta when `log_batch_rows` rows wait or the oldest has waited `log_flush_s`, and on
-shutdown. A full queue, a request Arrow refuses or a failed write drops rows (counted in
-`bestmatch_serving_log_dropped`): logging never slows or fails an answer.
+studied as a ranking) is handed to a queue and the request goes on. A feeder thread sends each
+one, compactly pickled, to the writer: a process of its own (`writer_main`), at nice 19. The
+writer turns requests into rows (one per proposal: the request time, ids, model version, the
+store values the model read, the bid, the score and rank), a chunk of requests at a time as they
+come, and appends them to Delta when `log_batch_rows` rows wait or the oldest has waited
+`log_flush_s`, and when the service closes the log (the end of its input). A full queue, a request
+Arrow refuses or a failed write drops rows (counted in `bestmatch_serving_log_dropped`): logging
+never slows or fails an answer.
+
+Why a process: building Arrow columns from Python values holds the GIL, and so did the writer
+thread that did it in the service (about 0.3 ms a request, in steps between answers); measured at
+1 client, the log at its default rate cost the service's p99 about 0.85 ms against no log. The
+feeder's share is what it sends: an entity's values (shared between requests by the store's memo)
+go once and are named by a number afterwards, so a request costs tens of µs to send.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import pickle
 import queue
+import struct
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 
 from features.offline_layout import ARROW_TYPES, UTC_US, day_of
 from features.ranking import STORE_FEATURES
-from features.settings import Settings
 from features.specs import FEATURES_BY_NAME, FREELANCER
-from serving.schemas import RankRequest
-from serving.store import RequestFeatures
+
+if TYPE_CHECKING:  # not imported by the writer process, which needs none of them
+    from features.settings import Settings
+    from serving.schemas import RankRequest
+    from serving.store import RequestFeatures
 
 TABLE = "serving_log"
 PARTITION = "day"
@@ -103,159 +117,285 @@ _FREELANCER_NAMES = tuple(n for n in STORE_FEATURES if n in _FREELANCER_COLUMNS)
 _JOB_NAMES = tuple(n for n in STORE_FEATURES if n not in _FREELANCER_COLUMNS)
 
 
+@dataclass(frozen=True, slots=True)
+class _Logged:
+    """One served request as the writer builds its rows from (plain values, no pydantic)."""
+
+    served_at_us: int
+    job_id: str
+    client_id: str | None
+    proposal_ids: list[str]
+    freelancer_ids: list[str]
+    bids: list[float]
+    model_version: str
+    degraded: bool
+    job: Mapping[str, Any]
+    freelancers: Mapping[str, Mapping[str, Any]]
+    scores: list[float]
+    ranks: list[int]
+    job_stamp: int | None
+    client_stamp: int | None
+    freelancer_stamps: Mapping[str, int | None]
+
+
+def _logged(served: ServedRequest) -> _Logged:
+    request = served.request
+    proposals = request.proposals
+    return _Logged(
+        served.served_at_us,
+        request.job_id,
+        request.client_id,
+        [p.proposal_id for p in proposals],
+        [p.freelancer_id for p in proposals],
+        [p.bid_amount for p in proposals],
+        served.model_version,
+        served.degraded,
+        served.job,
+        served.freelancers,
+        served.scores.tolist(),
+        served.ranks.tolist(),
+        served.stamps.job,
+        served.stamps.client,
+        served.stamps.freelancers,
+    )
+
+
 def request_rows(served: ServedRequest) -> dict[str, list[Any]]:
     """One row per proposal, by column."""
     columns: dict[str, list[Any]] = {field.name: [] for field in SCHEMA}
-    _add_rows(columns, served)
+    _add_rows(columns, _logged(served))
     return columns
 
 
-def _add_rows(columns: dict[str, list[Any]], served: ServedRequest) -> None:
+def _add_rows(columns: dict[str, list[Any]], logged: _Logged) -> None:
     """Append one request's rows to `columns`, column by column (no per-row objects)."""
-    request = served.request
-    proposals = request.proposals
-    n = len(proposals)
-    freelancer_ids = [p.freelancer_id for p in proposals]
-    columns["served_at"] += [served.served_at_us] * n
-    columns["job_id"] += [request.job_id] * n
-    columns["client_id"] += [request.client_id] * n
-    columns["proposal_id"] += [p.proposal_id for p in proposals]
+    n = len(logged.proposal_ids)
+    freelancer_ids = logged.freelancer_ids
+    columns["served_at"] += [logged.served_at_us] * n
+    columns["job_id"] += [logged.job_id] * n
+    columns["client_id"] += [logged.client_id] * n
+    columns["proposal_id"] += logged.proposal_ids
     columns["freelancer_id"] += freelancer_ids
-    columns["model_version"] += [served.model_version] * n
-    columns["degraded"] += [served.degraded] * n
-    columns["job_stamp"] += [served.stamps.job] * n
-    columns["client_stamp"] += [served.stamps.client] * n
-    columns["freelancer_stamp"] += map(served.stamps.freelancers.get, freelancer_ids)
-    columns["bid_amount"] += [p.bid_amount for p in proposals]
-    freelancers = list(map(served.freelancers.__getitem__, freelancer_ids))
+    columns["model_version"] += [logged.model_version] * n
+    columns["degraded"] += [logged.degraded] * n
+    columns["job_stamp"] += [logged.job_stamp] * n
+    columns["client_stamp"] += [logged.client_stamp] * n
+    columns["freelancer_stamp"] += map(logged.freelancer_stamps.get, freelancer_ids)
+    columns["bid_amount"] += logged.bids
+    freelancers = list(map(logged.freelancers.__getitem__, freelancer_ids))
     for name in _FREELANCER_NAMES:
         columns[name] += [values.get(name) for values in freelancers]
     for name in _JOB_NAMES:
-        columns[name] += [served.job.get(name)] * n
-    columns["score"] += served.scores.tolist()
-    columns["rank"] += served.ranks.tolist()
-    columns[PARTITION] += [day_of(served.served_at_us)] * n
+        columns[name] += [logged.job.get(name)] * n
+    columns["score"] += logged.scores
+    columns["rank"] += logged.ranks
+    columns[PARTITION] += [day_of(logged.served_at_us)] * n
 
 
-def rows_table(
-    requests: list[ServedRequest], between: Callable[[], None] | None = None
-) -> pa.Table:
-    """The rows of `requests`, in `SCHEMA` (skill lists may be tuples: Arrow takes any sequence).
+def rows_table(requests: list[ServedRequest]) -> pa.Table:
+    """The rows of `requests`, in `SCHEMA` (what the writer appends for them)."""
+    return rows_of([_logged(served) for served in requests])
 
-    `between` is called after each request's rows and after each column's conversion: the
-    writer sleeps there (`YIELD_S`), so that the GIL it holds while building rows is held for
-    one such step at a time (measured: 0.1 to 0.3 ms), not for the whole chunk."""
+
+def rows_of(requests: list[_Logged]) -> pa.Table:
+    """Skill lists may be tuples: Arrow takes any sequence."""
     columns: dict[str, list[Any]] = {field.name: [] for field in SCHEMA}
-    for served in requests:
-        _add_rows(columns, served)
-        if between is not None:
-            between()
-    arrays = {}
-    for field in SCHEMA:
-        arrays[field.name] = pa.array(columns.pop(field.name), field.type)
-        if between is not None:
-            between()
+    for logged in requests:
+        _add_rows(columns, logged)
+    arrays = {field.name: pa.array(columns.pop(field.name), field.type) for field in SCHEMA}
     return pa.table(arrays, schema=SCHEMA)
 
 
+# --- what the feeder sends the writer ------------------------------------------------------------
+
+_FRAME = struct.Struct(">I")
+_EMPTY = -1  # an entity's values: none (an unknown freelancer)
+KEPT_VALUES = 1 << 15
+"""Entity values the feeder has sent and names by number (it holds a reference to each, so the
+number stays theirs); when full, both sides start over."""
+
+
+class Encoder:
+    """The feeder's side of the wire: a request as one pickled tuple. An entity's values mapping
+    (the same object request after request: the store's memo shares them) is pickled the first
+    time and named by its number after that."""
+
+    def __init__(self, kept: int = KEPT_VALUES) -> None:
+        self.kept = kept
+        self._numbers: dict[int, tuple[Mapping[str, Any], int]] = {}  # id -> (values, number)
+
+    def frame(self, served: ServedRequest) -> bytes:
+        """The request's frame: its length (4 bytes), then its pickle."""
+        fresh = len(self._numbers) + len(served.freelancers) > self.kept
+        if fresh:
+            self._numbers.clear()
+        numbers = self._numbers
+        new: list[tuple[int, Mapping[str, Any]]] = []
+        refs: list[int] = []
+        for values in served.freelancers.values():
+            if not values:
+                refs.append(_EMPTY)
+                continue
+            known = numbers.get(id(values))
+            if known is None or known[0] is not values:
+                known = numbers[id(values)] = (values, len(numbers))
+                new.append((known[1], values))
+            refs.append(known[1])
+        request = served.request
+        proposals = request.proposals
+        body = pickle.dumps(
+            (
+                fresh,
+                new,
+                served.served_at_us,
+                request.job_id,
+                request.client_id,
+                [p.proposal_id for p in proposals],
+                [p.freelancer_id for p in proposals],
+                [p.bid_amount for p in proposals],
+                served.model_version,
+                served.degraded,
+                served.job,
+                list(served.freelancers),
+                refs,
+                served.scores.tolist(),
+                served.ranks.tolist(),
+                served.stamps.job,
+                served.stamps.client,
+                served.stamps.freelancers,
+            ),
+            pickle.HIGHEST_PROTOCOL,
+        )
+        return _FRAME.pack(len(body)) + body
+
+
+class Decoder:
+    """The writer's side: a frame's pickle back to the request, its values by number."""
+
+    def __init__(self) -> None:
+        self._values: dict[int, Mapping[str, Any]] = {}
+
+    def request(self, body: bytes) -> _Logged:
+        (
+            fresh,
+            new,
+            served_at_us,
+            job_id,
+            client_id,
+            proposal_ids,
+            freelancer_ids,
+            bids,
+            version,
+            degraded,
+            job,
+            distinct,
+            refs,
+            scores,
+            ranks,
+            job_stamp,
+            client_stamp,
+            freelancer_stamps,
+        ) = pickle.loads(body)  # noqa: S301  # our own feeder's frames, on our own pipe
+        if fresh:
+            self._values.clear()
+        self._values.update(new)
+        values = self._values
+        freelancers = {
+            fid: values[ref] if ref != _EMPTY else {}
+            for fid, ref in zip(distinct, refs, strict=True)
+        }
+        return _Logged(
+            served_at_us,
+            job_id,
+            client_id,
+            proposal_ids,
+            freelancer_ids,
+            bids,
+            version,
+            degraded,
+            job,
+            freelancers,
+            scores,
+            ranks,
+            job_stamp,
+            client_stamp,
+            freelancer_stamps,
+        )
+
+
+def read_frame(stream: BinaryIO) -> bytes | None:
+    """The next frame's pickle; None at the end of the stream (or within a frame cut short)."""
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    (size,) = _FRAME.unpack(head)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+# --- the writer process --------------------------------------------------------------------------
+
 _STOP = object()
 WRITER_NICE = 19
-"""The writer thread's nice value (Linux; and that of the Delta writer's Rust threads, which
-inherit it when this thread is the first to write Delta, as in the service: checked in
-/proc): the answers' threads come first when the cores are busy. A Delta append
-of the log runs Rust threads on every core for tens of ms, and at equal priority it stalled the
-answers it overlapped: measured at 1 client, with a write every 3 s, p99 6.6, 5.8 and 5.0 ms
-against 4.2, 4.9 and 5.0 ms with the writer at 19, and no loss of throughput at 16 clients."""
+"""The writer process's nice value (Linux; its Delta threads inherit it): the answers come first
+when the cores are busy. A Delta append of the log runs Rust threads on every core for tens of
+ms, and at equal priority it stalled the answers it overlapped."""
+CHUNK_REQUESTS = 20
+"""Requests the writer turns into Arrow together (about 1,000 rows, 10 ms of CPU), as they come,
+so that a write has little left to do."""
 
 
 def _lower_priority() -> int | None:
-    """Lower this thread's priority to `WRITER_NICE`: its nice value after (None off Linux, or
+    """Lower this process's priority to `WRITER_NICE`: its nice value after (None off Linux, or
     where the system refuses)."""
     if sys.platform != "linux":
         return None
-    thread = threading.get_native_id()
     try:
-        os.setpriority(
-            os.PRIO_PROCESS, thread, max(WRITER_NICE, os.getpriority(os.PRIO_PROCESS, thread))
-        )
-        return os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, 0, max(WRITER_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
+        return os.getpriority(os.PRIO_PROCESS, 0)
     except OSError:
         return None
 
 
-CHUNK_REQUESTS = 20
-"""Sampled requests turned into Arrow together (about 1,000 rows, 10 ms of CPU)."""
-CHUNK_PAUSE_S = 0.05
-"""The writer's pause after a chunk, while it is not falling behind: answers run meanwhile."""
-YIELD_S = 0.0002
-"""The writer's sleep between the steps of a chunk (`rows_table`'s `between`). A thread that
-releases the GIL without sleeping takes it straight back, and one waiting for it (an answer,
-woken by its socket) would then wait for Python's switch interval, 5 ms: longer than an answer.
-Sleeping hands the GIL over."""
-
-
-class ServingLog:
-    """The background writer. `offer` never blocks; `close` flushes what is left."""
+class _Writer:
+    """The writer's loop: requests from a queue (`Decoder`'s), rows to Delta. `report` tells the
+    service what happened to rows ("written N", "dropped N")."""
 
     def __init__(
         self,
         uri: str,
-        *,
         batch_rows: int,
         flush_s: float,
-        max_queued: int,
-        on_written: Callable[[int], None] | None = None,
-        on_dropped: Callable[[int], None] | None = None,
-        chunk_requests: int = CHUNK_REQUESTS,
-        pause_s: float = CHUNK_PAUSE_S,
-        yield_s: float = YIELD_S,
+        chunk_requests: int,
+        report: Callable[[str, int], None],
     ) -> None:
         self.uri = uri
         self.batch_rows = batch_rows
         self.flush_s = flush_s
         self.chunk_requests = chunk_requests
-        self.pause_s = pause_s
-        self.yield_s = yield_s
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
-        self._on_written = on_written or (lambda _n: None)
-        self._on_dropped = on_dropped or (lambda _n: None)
-        self.niceness: int | None = None  # the writer thread's, once it runs (Linux)
-        self._thread = threading.Thread(target=self._run, name="serving-log", daemon=True)
-        self._thread.start()
+        self.report = report
+        self.queue: queue.Queue[Any] = queue.Queue()
 
-    def offer(self, served: ServedRequest) -> None:
-        try:
-            self._queue.put_nowait(served)
-        except queue.Full:
-            self._on_dropped(len(served.request.proposals))
-
-    def close(self, timeout_s: float = 30.0) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout=timeout_s)
-
-    def _run(self) -> None:
-        self.niceness = _lower_priority()
-        waiting: list[ServedRequest] = []  # not yet Arrow
+    def run(self) -> None:
+        waiting: list[_Logged] = []  # not yet Arrow
         converted: list[pa.Table] = []  # Arrow, not yet written
         rows = 0  # in both
         oldest = 0.0
         while True:
             wait = max(0.0, oldest + self.flush_s - time.monotonic()) if rows else None
             try:
-                item = self._queue.get(timeout=wait)
+                item = self.queue.get(timeout=wait)
             except queue.Empty:
                 item = None
             if item is not None and item is not _STOP:
                 if not rows:
                     oldest = time.monotonic()
                 waiting.append(item)
-                rows += len(item.request.proposals)
+                rows += len(item.proposal_ids)
             due = rows > 0 and (item is None or item is _STOP or rows >= self.batch_rows)
             if len(waiting) >= self.chunk_requests or (due and waiting):
                 rows -= self._convert(waiting, converted)
                 waiting = []
-                if not due and self._queue.qsize() < self.chunk_requests:  # not falling behind
-                    time.sleep(self.pause_s)
             if due:
                 if converted:
                     self._write(pa.concat_tables(converted), rows)
@@ -263,23 +403,14 @@ class ServingLog:
             if item is _STOP:
                 return
 
-    def _between(self) -> None:
-        time.sleep(self.yield_s)
-
-    def _convert(self, waiting: list[ServedRequest], converted: list[pa.Table]) -> int:
-        """Turn `waiting` into Arrow rows on `converted`; the rows lost if that fails (0 if not).
-
-        Done a chunk of requests at a time as they come, not all at once when the log is
-        written: building Arrow columns from Python values holds the GIL, and the 20,000 rows of
-        a write held it for about 0.2 s at once, stalling every answer meanwhile. A chunk takes
-        about 10 ms of CPU, in steps of 0.1 to 0.3 ms with a sleep between them (the GIL goes to
-        an answer that waits for it), and the pause between chunks leaves the core to answers."""
+    def _convert(self, waiting: list[_Logged], converted: list[pa.Table]) -> int:
+        """Turn `waiting` into Arrow rows on `converted`; the rows lost if that fails (0 if not)."""
         try:
-            converted.append(rows_table(waiting, self._between))
+            converted.append(rows_of(waiting))
         except Exception as exc:  # a value Arrow refuses: those rows are lost, the log goes on
-            lost = sum(len(served.request.proposals) for served in waiting)
+            lost = sum(len(logged.proposal_ids) for logged in waiting)
             log.error("serving log: %d rows not written: %s", lost, exc)
-            self._on_dropped(lost)
+            self.report("dropped", lost)
             return lost
         return 0
 
@@ -296,6 +427,192 @@ class ServingLog:
             )
         except Exception as exc:  # a lake away for a while: the sample is lost, serving goes on
             log.error("serving log: %d rows not written to %s: %s", rows, self.uri, exc)
-            self._on_dropped(rows)
+            self.report("dropped", rows)
             return
-        self._on_written(rows)
+        self.report("written", rows)
+
+
+def writer_main() -> None:
+    """The writer process: its settings as JSON in argv[1], frames on stdin until it ends, what
+    became of the rows as lines on stdout ("nice N" first, then "written N" or "dropped N")."""
+    import json
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    given = json.loads(sys.argv[1])
+    out = sys.stdout
+    lock = threading.Lock()
+
+    def report(what: str, n: int) -> None:
+        with lock:
+            out.write(f"{what} {n}\n")
+            out.flush()
+
+    nice = _lower_priority()
+    if nice is not None:
+        report("nice", nice)
+    writer = _Writer(
+        given["uri"], given["batch_rows"], given["flush_s"], given["chunk_requests"], report
+    )
+    thread = threading.Thread(target=writer.run, name="serving-log-writer")
+    thread.start()
+    decoder = Decoder()
+    stream = sys.stdin.buffer
+    try:
+        while (body := read_frame(stream)) is not None:
+            try:
+                item = decoder.request(body)
+            except Exception as exc:  # a frame this writer cannot read: that request only
+                log.error("serving log: a request not read: %s", exc)
+                continue
+            writer.queue.put(item)
+    finally:
+        writer.queue.put(_STOP)
+        thread.join()
+
+
+# --- the service's side --------------------------------------------------------------------------
+
+YIELD_S = 0.0002
+"""The feeder's sleep after each request it sends. A thread that releases the GIL without
+sleeping takes it straight back, and one waiting for it (an answer, woken by its socket) would
+then wait for Python's switch interval, 5 ms: longer than an answer. Sleeping hands it over."""
+RESTART_S = 5.0
+"""A writer that died is started again on the next request, at most once per this long (the
+requests in between are dropped and counted)."""
+
+
+class ServingLog:
+    """The service's side: `offer` never blocks; `close` ends the writer's input and waits for
+    it to write what is left."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        batch_rows: int,
+        flush_s: float,
+        max_queued: int,
+        on_written: Callable[[int], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+        chunk_requests: int = CHUNK_REQUESTS,
+        yield_s: float = YIELD_S,
+        restart_s: float = RESTART_S,
+    ) -> None:
+        self.uri = uri
+        self.yield_s = yield_s
+        self.restart_s = restart_s
+        self._given = {
+            "uri": uri,
+            "batch_rows": batch_rows,
+            "flush_s": flush_s,
+            "chunk_requests": chunk_requests,
+        }
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
+        self._on_written = on_written or (lambda _n: None)
+        self._on_dropped = on_dropped or (lambda _n: None)
+        self.niceness: int | None = None  # the writer process's, once it runs (Linux)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._reports: threading.Thread | None = None
+        self._started_at = -math.inf
+        self._start_writer()
+        self._thread = threading.Thread(target=self._feed, name="serving-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def writer_pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def writer_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def offer(self, served: ServedRequest) -> None:
+        try:
+            self._queue.put_nowait(served)
+        except queue.Full:
+            self._on_dropped(len(served.request.proposals))
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=timeout_s)
+
+    def _start_writer(self) -> None:
+        import json
+
+        self._started_at = time.monotonic()
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        code = "from serving.serving_log import writer_main; writer_main()"
+        # A session of its own: a Ctrl-C at the terminal reaches the service, which closes the
+        # log; the writer then writes what is left and stops at the end of its input.
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(self._given)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        self._reports = threading.Thread(
+            target=self._read_reports,
+            args=(self._process,),
+            name="serving-log-reports",
+            daemon=True,
+        )
+        self._reports.start()
+
+    def _read_reports(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            what, _, n = line.decode().partition(" ")
+            if what == "written":
+                self._on_written(int(n))
+            elif what == "dropped":
+                self._on_dropped(int(n))
+            elif what == "nice":
+                self.niceness = int(n)
+
+    def _feed(self) -> None:
+        encoder = Encoder()
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            process = self._process
+            if process is None or process.poll() is not None:
+                if time.monotonic() - self._started_at < self.restart_s:
+                    self._on_dropped(len(item.request.proposals))
+                    continue
+                log.error(
+                    "serving log: the writer stopped (exit %s); starting another",
+                    process.returncode if process is not None else None,
+                )
+                self._start_writer()
+                process, encoder = self._process, Encoder()
+            assert process is not None and process.stdin is not None
+            try:
+                process.stdin.write(encoder.frame(item))
+                process.stdin.flush()
+            except (OSError, ValueError):  # the writer died: this request is lost
+                self._on_dropped(len(item.request.proposals))
+                process.kill()
+            time.sleep(self.yield_s)
+        self._stop_writer()
+
+    def _stop_writer(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        assert process.stdin is not None
+        try:
+            process.stdin.close()  # the end of its input: it writes what is left and stops
+        except OSError:
+            pass
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            log.error("serving log: the writer did not stop within 60 s; killed")
+            process.kill()
+            process.wait()
+        if self._reports is not None:
+            self._reports.join(timeout=5)

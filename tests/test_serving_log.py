@@ -1,4 +1,5 @@
-"""The serving log's writer: rows converted a chunk of requests at a time, written together.
+"""The serving log: its wire to the writer process, and the writer: rows converted a chunk of
+requests at a time, written together.
 
 Real Delta tables in a temp folder; requests built as the service builds them (no store needed:
 the values are what a request would have read).
@@ -6,7 +7,9 @@ the values are what a request would have read).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import sys
 import threading
 import time
@@ -19,7 +22,16 @@ import pytest
 from deltalake import DeltaTable
 
 from serving.schemas import RankRequest
-from serving.serving_log import SCHEMA, WRITER_NICE, ServedRequest, ServingLog, rows_table
+from serving.serving_log import (
+    SCHEMA,
+    WRITER_NICE,
+    Decoder,
+    Encoder,
+    ServedRequest,
+    ServingLog,
+    rows_of,
+    rows_table,
+)
 
 
 def served(k: int, proposals: int = 3, skills: Any = ("python", "sql")) -> ServedRequest:
@@ -71,7 +83,6 @@ def offer_all(uri: Path, requests: list[ServedRequest], chunk_requests: int) -> 
         on_written=counts.written.append,
         on_dropped=counts.dropped.append,
         chunk_requests=chunk_requests,
-        pause_s=0.0,
     )
     for request in requests:
         log.offer(request)
@@ -117,24 +128,64 @@ def test_rows_wait_no_longer_than_flush_s_while_chunks_fill(tmp_path: Path) -> N
         log.close()
 
 
-def test_rows_table_yields_between_steps_and_builds_the_same_rows() -> None:
-    requests = [served(k, proposals=1 + k % 3) for k in range(5)]
-    steps: list[int] = []
-    table = rows_table(requests, lambda: steps.append(1))
-    assert len(steps) == len(requests) + len(SCHEMA)  # after each request, each column
-    assert table.equals(rows_table(requests))
-    assert table.num_rows == sum(len(r.request.proposals) for r in requests)
+def test_the_wire_sends_each_shared_values_mapping_once_and_loses_nothing() -> None:
+    shared = {f"f-{i}": {"fl_skills": ("go",), "fl_hourly_rate": 30.0 + i} for i in range(3)}
+    requests = [dataclasses.replace(served(k), freelancers=shared) for k in range(4)]
+    requests.append(served(9))  # values of its own (new objects): sent with it
+    encoder, decoder = Encoder(), Decoder()
+    frames = [encoder.frame(r) for r in requests]
+    logged = [decoder.request(frame[4:]) for frame in frames]
+    assert [int.from_bytes(frame[:4], "big") for frame in frames] == [len(f) - 4 for f in frames]
+    assert len(frames[1]) < len(frames[0]) - 40  # the second names the values the first sent
+    assert len(frames[1]) == len(frames[2])
+    assert len(frames[4]) > len(frames[3])
+    assert rows_of(logged).equals(rows_table(requests))
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_the_wire_starts_over_when_its_table_is_full() -> None:
+    requests = [served(k) for k in range(5)]  # 3 new values mappings each
+    encoder, decoder = Encoder(kept=7), Decoder()
+    logged = [decoder.request(encoder.frame(r)[4:]) for r in requests]
+    assert rows_of(logged).equals(rows_table(requests))
+
+
+def test_a_writer_that_dies_is_started_again(tmp_path: Path) -> None:
+    uri = tmp_path / "serving_log"
+    counts = Counts()
+    log = ServingLog(
+        str(uri),
+        batch_rows=10_000,
+        flush_s=60.0,
+        max_queued=100,
+        on_written=counts.written.append,
+        on_dropped=counts.dropped.append,
+        restart_s=0.0,
+    )
+    first = log.writer_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while log.writer_running:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    log.offer(served(1))
+    log.close()
+    assert log.writer_pid not in (None, first)
+    assert (counts.written, counts.dropped) == ([3], [])
+    assert read(uri)["job_id"].to_pylist() == ["j-1"] * 3
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="nice values are Linux's")
 def test_the_writer_runs_below_the_answers_priority(tmp_path: Path) -> None:
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     log = ServingLog(str(tmp_path / "serving_log"), batch_rows=10, flush_s=60.0, max_queued=10)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while log.niceness is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert log.niceness == max(WRITER_NICE, before)
+        assert log.writer_pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, log.writer_pid) == log.niceness
         # the thread that made it (an answer's, in the service) keeps its own
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
     finally:
