@@ -19,6 +19,7 @@ go once and are named by a number afterwards, so a request costs tens of µs to 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -209,6 +210,8 @@ def rows_of(requests: list[_Logged]) -> pa.Table:
 # --- what the feeder sends the writer ------------------------------------------------------------
 
 _FRAME = struct.Struct(">I")
+_FIELDS = tuple(field.name for field in dataclasses.fields(_Logged))
+_FREELANCERS_AT = _FIELDS.index("freelancers")
 _EMPTY = -1  # an entity's values: none (an unknown freelancer)
 KEPT_VALUES = 1 << 15
 """Entity values the feeder has sent and names by number (it holds a reference to each, so the
@@ -226,6 +229,7 @@ class Encoder:
 
     def frame(self, served: ServedRequest) -> bytes:
         """The request's frame: its length (4 bytes), then its pickle."""
+        logged = _logged(served)
         fresh = len(self._numbers) + len(served.freelancers) > self.kept
         if fresh:
             self._numbers.clear()
@@ -236,36 +240,15 @@ class Encoder:
             if not values:
                 refs.append(_EMPTY)
                 continue
+            # the table holds each mapping it numbers, so no other object can take its id
             known = numbers.get(id(values))
-            if known is None or known[0] is not values:
+            if known is None:
                 known = numbers[id(values)] = (values, len(numbers))
                 new.append((known[1], values))
             refs.append(known[1])
-        request = served.request
-        proposals = request.proposals
-        body = pickle.dumps(
-            (
-                fresh,
-                new,
-                served.served_at_us,
-                request.job_id,
-                request.client_id,
-                [p.proposal_id for p in proposals],
-                [p.freelancer_id for p in proposals],
-                [p.bid_amount for p in proposals],
-                served.model_version,
-                served.degraded,
-                served.job,
-                list(served.freelancers),
-                refs,
-                served.scores.tolist(),
-                served.ranks.tolist(),
-                served.stamps.job,
-                served.stamps.client,
-                served.stamps.freelancers,
-            ),
-            pickle.HIGHEST_PROTOCOL,
-        )
+        fields = [getattr(logged, name) for name in _FIELDS]
+        fields[_FREELANCERS_AT] = list(served.freelancers)  # the ids, their values by `refs`
+        body = pickle.dumps((fresh, new, refs, fields), pickle.HIGHEST_PROTOCOL)
         return _FRAME.pack(len(body)) + body
 
 
@@ -276,51 +259,16 @@ class Decoder:
         self._values: dict[int, Mapping[str, Any]] = {}
 
     def request(self, body: bytes) -> _Logged:
-        (
-            fresh,
-            new,
-            served_at_us,
-            job_id,
-            client_id,
-            proposal_ids,
-            freelancer_ids,
-            bids,
-            version,
-            degraded,
-            job,
-            distinct,
-            refs,
-            scores,
-            ranks,
-            job_stamp,
-            client_stamp,
-            freelancer_stamps,
-        ) = pickle.loads(body)  # noqa: S301  # our own feeder's frames, on our own pipe
+        fresh, new, refs, fields = pickle.loads(body)  # noqa: S301  # our feeder's, our pipe
         if fresh:
             self._values.clear()
         self._values.update(new)
         values = self._values
-        freelancers = {
+        fields[_FREELANCERS_AT] = {
             fid: values[ref] if ref != _EMPTY else {}
-            for fid, ref in zip(distinct, refs, strict=True)
+            for fid, ref in zip(fields[_FREELANCERS_AT], refs, strict=True)
         }
-        return _Logged(
-            served_at_us,
-            job_id,
-            client_id,
-            proposal_ids,
-            freelancer_ids,
-            bids,
-            version,
-            degraded,
-            job,
-            freelancers,
-            scores,
-            ranks,
-            job_stamp,
-            client_stamp,
-            freelancer_stamps,
-        )
+        return _Logged(*fields)
 
 
 def read_frame(stream: BinaryIO) -> bytes | None:

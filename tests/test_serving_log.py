@@ -71,19 +71,21 @@ class Counts:
         self.written: list[int] = []
         self.dropped: list[int] = []
 
+    def log(self, uri: Path, **options: Any) -> ServingLog:
+        """A log that writes only when closed (unless `options` say otherwise), counted here."""
+        given: dict[str, Any] = {"batch_rows": 10_000, "flush_s": 60.0, "max_queued": 100}
+        return ServingLog(
+            str(uri),
+            on_written=self.written.append,
+            on_dropped=self.dropped.append,
+            **(given | options),
+        )
+
 
 def offer_all(uri: Path, requests: list[ServedRequest], chunk_requests: int) -> Counts:
     """Offer every request to a log that writes only at close, then close it."""
     counts = Counts()
-    log = ServingLog(
-        str(uri),
-        batch_rows=10_000,
-        flush_s=60.0,
-        max_queued=100,
-        on_written=counts.written.append,
-        on_dropped=counts.dropped.append,
-        chunk_requests=chunk_requests,
-    )
+    log = counts.log(uri, chunk_requests=chunk_requests)
     for request in requests:
         log.offer(request)
     log.close()
@@ -152,15 +154,7 @@ def test_the_wire_starts_over_when_its_table_is_full() -> None:
 def test_a_writer_that_dies_is_started_again(tmp_path: Path) -> None:
     uri = tmp_path / "serving_log"
     counts = Counts()
-    log = ServingLog(
-        str(uri),
-        batch_rows=10_000,
-        flush_s=60.0,
-        max_queued=100,
-        on_written=counts.written.append,
-        on_dropped=counts.dropped.append,
-        restart_s=0.0,
-    )
+    log = counts.log(uri, restart_s=0.0)
     first = log.writer_pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
