@@ -82,7 +82,16 @@ def settings_(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServe
 class Workers:
     """`serving.run(..., workers=N)` in a child process on a free port."""
 
-    def __init__(self, settings: Settings, config: ServingSettings, workdir: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config: ServingSettings,
+        workdir: Path,
+        processes: int = WORKERS,
+        own_group: bool = False,
+    ) -> None:
+        """`own_group`: in a process group of its own, as a command started at a terminal is
+        (a Ctrl-C there reaches every process of the group)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp = workdir / "tmp"
@@ -100,11 +109,12 @@ class Workers:
         )
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", MAIN, json.dumps(given), str(self.port), str(WORKERS)],
+                [sys.executable, "-c", MAIN, json.dumps(given), str(self.port), str(processes)],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                process_group=0 if own_group else None,
             )
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
@@ -237,6 +247,34 @@ def test_two_workers_answer_as_one_process_sum_metrics_and_log_every_request_onc
     # One append per worker, made at the same moment by two processes: neither lost.
     appends = [c for c in DeltaTable(uri).history() if c.get("operation") == "WRITE"]
     assert len(appends) == WORKERS
+
+
+@pytest.mark.parametrize("processes", [1, WORKERS])
+def test_a_ctrl_c_at_the_terminal_stops_the_service_with_every_sampled_request_written(
+    settings_: Settings, tmp_path: Path, processes: int
+) -> None:
+    """A terminal's Ctrl-C sends SIGINT to every process of the command's group: the service
+    (each worker, and the parent that supervises them) closes its serving log, and the log's
+    writer process, in a session of its own, writes what it holds rather than dying with it."""
+    settings = settings_.model_copy(update={"lake": str(tmp_path / "lake")})
+    config = serving_settings(log_rate=1.0, log_flush_s=600.0, redis_timeout_s=PATIENT_S)
+    running = Workers(settings, config, tmp_path / "run", processes, own_group=True)
+    try:
+        running.wait_ready()
+        sent = [_request(10_000 + k) for k in range(12)]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda body: _post(running.url, body), sent))
+        assert not any(answer["degraded"] for answer in answers)
+        os.killpg(running.process.pid, signal.SIGINT)
+        running.process.wait(timeout=60)
+    finally:
+        running.stop(signal.SIGKILL)
+    logged = pl.read_delta(serving_log_uri(settings))
+    expected = [p["proposal_id"] for body in sent for p in body["proposals"]]
+    assert sorted(logged["proposal_id"].to_list()) == sorted(expected), running.log.read_text()
+    # and no writer is left behind (its command line names the log)
+    processes_now = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True)
+    assert serving_log_uri(settings) not in processes_now.stdout
 
 
 def test_the_worker_environment_is_put_back_and_its_folder_removed(settings_: Settings) -> None:
