@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import pickle
 import queue
@@ -159,13 +158,6 @@ def _logged(served: ServedRequest) -> _Logged:
         served.stamps.client,
         served.stamps.freelancers,
     )
-
-
-def request_rows(served: ServedRequest) -> dict[str, list[Any]]:
-    """One row per proposal, by column."""
-    columns: dict[str, list[Any]] = {field.name: [] for field in SCHEMA}
-    _add_rows(columns, _logged(served))
-    return columns
 
 
 def _add_rows(columns: dict[str, list[Any]], logged: _Logged) -> None:
@@ -427,6 +419,9 @@ then wait for Python's switch interval, 5 ms: longer than an answer. Sleeping ha
 RESTART_S = 5.0
 """A writer that died is started again on the next request, at most once per this long (the
 requests in between are dropped and counted)."""
+CLOSE_SLACK_S = 10.0
+"""`close` waits this long beyond its timeout for the feeder: to send the requests still queued,
+and to read the writer's last reports."""
 
 
 class ServingLog:
@@ -461,7 +456,7 @@ class ServingLog:
         self.niceness: int | None = None  # the writer process's, once it runs (Linux)
         self._process: subprocess.Popen[bytes] | None = None
         self._reports: threading.Thread | None = None
-        self._started_at = -math.inf
+        self._stop_timeout_s = 60.0  # `close`'s
         self._start_writer()
         self._thread = threading.Thread(target=self._feed, name="serving-log", daemon=True)
         self._thread.start()
@@ -480,9 +475,12 @@ class ServingLog:
         except queue.Full:
             self._on_dropped(len(served.request.proposals))
 
-    def close(self, timeout_s: float = 30.0) -> None:
+    def close(self, timeout_s: float = 60.0) -> None:
+        """End the writer's input and wait up to `timeout_s` for it to write what is left (then
+        it is killed, and what it held is lost)."""
+        self._stop_timeout_s = timeout_s
         self._queue.put(_STOP)
-        self._thread.join(timeout=timeout_s)
+        self._thread.join(timeout=timeout_s + CLOSE_SLACK_S)
 
     def _start_writer(self) -> None:
         import json
@@ -557,9 +555,11 @@ class ServingLog:
         except OSError:
             pass
         try:
-            process.wait(timeout=60)
+            process.wait(timeout=self._stop_timeout_s)
         except subprocess.TimeoutExpired:
-            log.error("serving log: the writer did not stop within 60 s; killed")
+            log.error(
+                "serving log: the writer did not stop within %g s; killed", self._stop_timeout_s
+            )
             process.kill()
             process.wait()
         if self._reports is not None:

@@ -203,7 +203,8 @@ async def serve(state: ServingState, scope: Scope, receive: Receive, send: Send)
     await send({"type": "http.response.body", "body": payload})
 
 
-_JSON_HEAD = b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+_JSON_HEAD = b"".join(k + b": " + v + b"\r\n" for k, v in _JSON_HEADERS)
+_JSON_HEAD += b"content-length: %d\r\n\r\n"  # `_JSON_HEADERS` and the length, as bytes
 
 
 def _write_at_once(send: Send, payload: bytes) -> bool:
