@@ -275,14 +275,19 @@ class _Connection:
 
     def ask(self, raw: bytes) -> tuple[int, bytes]:
         self.sock.sendall(raw)
+        head, body = self.answer()
+        return _status_and_length(head)[0], body
+
+    def answer(self) -> tuple[bytes, bytes]:
+        """The next answer on the connection: its head (status line and headers), its body."""
         while b"\r\n\r\n" not in self.buffer:
             self.buffer += self._recv()
         head, _, rest = self.buffer.partition(b"\r\n\r\n")
-        status, length = _status_and_length(head)
+        _, length = _status_and_length(head)
         while len(rest) < length:
             rest += self._recv()
         self.buffer = rest[length:]
-        return status, rest[:length]
+        return head, rest[:length]
 
     def _recv(self) -> bytes:
         chunk = self.sock.recv(1 << 16)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +43,7 @@ from schemathesis.checks import (
 )
 
 from bestmatch.marketplace import simulate
+from bestmatch.serve_bench import _Connection
 from bestmatch.services import child_env
 from features.errors import ModelError
 from features.offline_layout import TIMESTAMP_COLUMN
@@ -582,31 +582,15 @@ def test_the_largest_valid_request_is_served(http: httpx.Client) -> None:
 # --- the other routes ----------------------------------------------------------------------------
 
 
-def _raw_answers(port: int, requests: list[bytes], count: int) -> list[tuple[list[bytes], bytes]]:
-    """Send `requests` on one connection (pipelined), read `count` answers: head lines, body."""
-    answers: list[tuple[list[bytes], bytes]] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"".join(requests))
-        buffer = b""
-        while len(answers) < count:
-            while b"\r\n\r\n" not in buffer:
-                chunk = sock.recv(1 << 16)
-                assert chunk, "the service closed the connection"
-                buffer += chunk
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            length = next(
-                int(line.split(b":")[1])
-                for line in lines
-                if line.lower().startswith(b"content-length:")
-            )
-            while len(buffer) < length:
-                chunk = sock.recv(1 << 16)
-                assert chunk, "the service closed the connection"
-                buffer += chunk
-            answers.append((lines, buffer[:length]))
-            buffer = buffer[length:]
-    return answers
+def _raw_answers(port: int, requests: list[bytes]) -> list[tuple[list[bytes], bytes]]:
+    """Send `requests` on one connection (pipelined), read their answers: head lines, body."""
+    conn = _Connection(port)
+    try:
+        conn.sock.sendall(b"".join(requests))
+        answers = [conn.answer() for _ in requests]
+    finally:
+        conn.close()
+    return [(head.split(b"\r\n"), body) for head, body in answers]
 
 
 def test_an_answer_is_written_at_once_with_the_bytes_uvicorn_writes(
@@ -635,8 +619,8 @@ def test_an_answer_is_written_at_once_with_the_bytes_uvicorn_writes(
         ]
         return b"\r\n".join(head) + b"\r\n\r\n" + body
 
-    kept = _raw_answers(service.port, [post(), post(), post()], 3)
-    [(closing_head, closing_body)] = _raw_answers(service.port, [post(b"connection: close")], 1)
+    kept = _raw_answers(service.port, [post(), post(), post()])
+    [(closing_head, closing_body)] = _raw_answers(service.port, [post(b"connection: close")])
     assert at_once == [True, True, True, False]
 
     def head_of(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
