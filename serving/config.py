@@ -7,6 +7,8 @@ MLflow, Feast project, API key) stay where they are; this class holds only what 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -40,6 +42,11 @@ class ServingSettings(BaseSettings):
     """Reasons per proposal when a request asks `explain`."""
     predict_threads: int = Field(default=1, ge=1)
     """LightGBM threads per prediction: one request is small, threads only add overhead."""
+    compiled: bool = True
+    """Score with the model's trees compiled to machine code (`serving.compiled`, lleaves), which
+    is used only where it scores as LightGBM does, bit for bit; false: LightGBM scores."""
+    compiled_cache: Path | None = None
+    """Where compiled models are kept (default: `$XDG_CACHE_HOME/bestmatch/compiled`)."""
     workers: int = Field(default=1, ge=1)
     """Processes answering on the port (`bestmatch serve --workers`): 1 serves in the command's
     own process; more are uvicorn's workers, each with its own model, Redis connections and

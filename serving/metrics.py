@@ -82,6 +82,13 @@ class ServingMetrics:
             registry=r,
         )
         self._served: tuple[str, str] | None = None
+        self.model_compiled = Gauge(
+            "bestmatch_model_compiled",
+            "1 where the model's scores come from its compiled trees, 0 from LightGBM "
+            "(see the log for why).",
+            multiprocess_mode="livemin",  # 1 only while every live worker scores compiled
+            registry=r,
+        )
         self.model_loads = Counter(
             "bestmatch_model_loads",
             "Models put in service: the first one, then one per move of the alias.",

@@ -19,6 +19,7 @@ request ever sees half a swap or waits for a load.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -33,6 +34,7 @@ import numpy as np
 from features.errors import ModelError
 from features.ranking import MODEL_FEATURES
 from features.settings import Settings
+from serving.compiled import CompiledPredictor, compiled_predictor
 
 MODEL_NAME = "bestmatch-ranker"  # the registered name (CONTRACT §3), as `training.registry` has it
 CHAMPION = "champion"
@@ -127,6 +129,8 @@ class LoadedRanker:
     features: tuple[str, ...]
     threads: int = 1
     predictor: MatrixPredictor | None = field(default=None, compare=False, repr=False)
+    compiled: CompiledPredictor | None = field(default=None, compare=False, repr=False)
+    """The scores' trees as machine code (`serving.compiled`), where they score as LightGBM."""
 
     def __post_init__(self) -> None:
         if self.predictor is None:
@@ -134,6 +138,12 @@ class LoadedRanker:
             object.__setattr__(self, "predictor", predictor if predictor.usable else None)
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
+        if self.compiled is not None and matrix.shape[0]:
+            return self.compiled.predict(matrix)
+        return self.lightgbm_predict(matrix)
+
+    def lightgbm_predict(self, matrix: np.ndarray) -> np.ndarray:
+        """The scores as LightGBM computes them (what `compiled` is checked against)."""
         if self.predictor is not None and matrix.shape[0]:
             return self.predictor.predict(matrix)
         return np.asarray(self.booster.predict(matrix, num_threads=self.threads))
@@ -165,8 +175,12 @@ def check_features(version: str, logged: list[str], booster_names: list[str]) ->
         raise ModelError(msg)
 
 
-def load_version(settings: Settings, version: str, threads: int = 1) -> LoadedRanker:
-    """Download a registered version, check its features, warm it up."""
+def load_version(
+    settings: Settings, version: str, threads: int = 1, compiled_cache: Path | None = None
+) -> LoadedRanker:
+    """Download a registered version, check its features, warm it up. With `compiled_cache`,
+    its scores come from its trees compiled (`serving.compiled`, cached there) where they score
+    as LightGBM does."""
     import mlflow
     from mlflow.models import Model
 
@@ -182,6 +196,10 @@ def load_version(settings: Settings, version: str, threads: int = 1) -> LoadedRa
         raise ModelError(msg)
     check_features(version, list(metadata.get("features", [])), list(booster.feature_name()))
     ranker = LoadedRanker(MODEL_NAME, version, booster, tuple(MODEL_FEATURES), threads)
+    if compiled_cache is not None:
+        label = f"{MODEL_NAME} v{version}"
+        found = compiled_predictor(booster, ranker.lightgbm_predict, compiled_cache, label)
+        ranker = dataclasses.replace(ranker, compiled=found)
     warm = np.full((2, len(MODEL_FEATURES)), np.nan)
     ranker.predict(warm)
     ranker.contributions(warm)
@@ -229,12 +247,14 @@ class ChampionWatcher:
         *,
         poll_s: float,
         threads: int = 1,
+        compiled_cache: Path | None = None,
         on_swap: Callable[[LoadedRanker], None] | None = None,
         on_failure: Callable[[Exception], None] | None = None,
     ) -> None:
         self.settings = settings
         self.poll_s = poll_s
         self.threads = threads
+        self.compiled_cache = compiled_cache
         self.current: LoadedRanker | None = None
         self.last_error: str | None = None
         self._on_swap = on_swap or (lambda _ranker: None)
@@ -253,7 +273,7 @@ class ChampionWatcher:
             self.last_error = f"no version of {MODEL_NAME} has the alias @{CHAMPION} yet"
             log.warning("%s: not ready until one does", self.last_error)
             return
-        self._swap(load_version(self.settings, version, self.threads))
+        self._swap(load_version(self.settings, version, self.threads, self.compiled_cache))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
@@ -273,7 +293,7 @@ class ChampionWatcher:
         if version is None or version == current or version == self._refused:
             return False
         try:
-            ranker = load_version(self.settings, version, self.threads)
+            ranker = load_version(self.settings, version, self.threads, self.compiled_cache)
         except ModelError as exc:
             self._refused = version
             self._failed(exc)

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from features.settings import Settings
+from serving.compiled import default_cache
 from serving.config import ServingSettings
 from serving.metrics import ServingMetrics
 from serving.model import ChampionWatcher, LoadedRanker
@@ -41,11 +42,13 @@ def open_state(settings: Settings, config: ServingSettings) -> ServingState:
     def loaded(ranker: LoadedRanker) -> None:
         metrics.serving_model(ranker.name, ranker.version)
         metrics.model_loads.inc()
+        metrics.model_compiled.set(1 if ranker.compiled is not None else 0)
 
     watcher = ChampionWatcher(
         settings,
         poll_s=config.model_poll_s,
         threads=config.predict_threads,
+        compiled_cache=(config.compiled_cache or default_cache()) if config.compiled else None,
         on_swap=loaded,
         on_failure=lambda _exc: metrics.model_load_failures.inc(),
     )

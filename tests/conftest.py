@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,3 +141,21 @@ def _mlflow_env_per_module() -> Iterator[None]:
 def _mlflow_env_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _MLFLOW_ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+_COMPILED = "BESTMATCH_SERVE_COMPILED_CACHE"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compiled models (`serving.compiled`) go to a temp dir of the run, not the user's cache:
+    set before collection (a module may build its `ServingSettings` at import), read by the
+    services the tests start too."""
+    config._compiled_cache = tempfile.mkdtemp(prefix="bestmatch-compiled-")  # type: ignore[attr-defined]
+    os.environ[_COMPILED] = config._compiled_cache  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cache = getattr(config, "_compiled_cache", None)
+    if cache is not None:
+        os.environ.pop(_COMPILED, None)
+        shutil.rmtree(cache, ignore_errors=True)

@@ -652,6 +652,7 @@ def test_health_ready_and_metrics(http: httpx.Client, market: Market) -> None:
         "bestmatch_feature_fetch_seconds_bucket",
         "bestmatch_degraded_answers_total 0.0",
         'bestmatch_model_info{name="bestmatch-ranker",version="1"} 1.0',
+        "bestmatch_model_compiled 1.0",  # its scores come from the compiled trees
         'bestmatch_feature_age_seconds_count{entity="freelancer"}',
         'bestmatch_http_errors_total{status="422"}',
     ):

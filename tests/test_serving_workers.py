@@ -97,7 +97,10 @@ class Workers:
         self.tmp = workdir / "tmp"
         self.tmp.mkdir(parents=True)
         self.log = workdir / "workers.log"
-        given = {"settings": settings.model_dump(mode="json"), "serving": config.model_dump()}
+        given = {
+            "settings": settings.model_dump(mode="json"),
+            "serving": config.model_dump(mode="json"),
+        }
         env = dict(
             os.environ,
             TMPDIR=str(self.tmp),  # where `run` makes the workers' metrics folder
