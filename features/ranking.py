@@ -40,10 +40,9 @@ import itertools
 import operator
 import struct
 import threading
-from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -349,12 +348,13 @@ def _divisor(value: Any) -> float:
 def _lower(texts: Sequence[str]) -> list[str]:
     """Lower case as polars' `str.to_lowercase` has it: ASCII by Python, anything else by polars
     itself (its Unicode tables are newer than Python's, so dozens of letters differ)."""
-    out = [t.lower() if t.isascii() else "" for t in texts]
+    out = list(map(str.lower, texts))
+    if all(map(str.isascii, texts)):
+        return out
     others = [i for i, t in enumerate(texts) if not t.isascii()]
-    if others:
-        series = pl.Series([texts[i] for i in others], dtype=pl.String()).str.to_lowercase()
-        for i, lowered in zip(others, series.to_list(), strict=True):
-            out[i] = lowered
+    series = pl.Series([texts[i] for i in others], dtype=pl.String()).str.to_lowercase()
+    for i, lowered in zip(others, series.to_list(), strict=True):
+        out[i] = lowered
     return out
 
 
@@ -398,26 +398,15 @@ def _bid_ranks(out: np.ndarray, bid: np.ndarray) -> None:
     np.divide(bid, median if median > 0 else _NAN, out=out[:, _C["bid_to_request_median"]])
 
 
-def _skills_named(named: set[str], letters: Sequence[str], lengths: list[int]) -> list[int]:
+def _skills_named(named: set[str], letters: Sequence[str]) -> list[int]:
     """How many of `named` (distinct, lower case, not empty) each letter holds, in `_lower`'s
-    lower case. One search per skill through the letters joined by a character no skill holds:
-    a skill absent from every letter costs one scan, not one call per letter."""
-    sep = next(c for c in map(chr, itertools.count()) if not any(c in s for s in named))
-    joined = sep.join(letters)
-    if joined.isascii():
-        text = joined.lower()
-    else:
-        lowered = _lower(letters)
-        text, lengths = sep.join(lowered), [len(t) for t in lowered]
-    # past each letter and its separator
-    ends = list(map(operator.add, itertools.accumulate(lengths), range(1, len(lengths) + 1)))
+    lower case. Per skill, one pass over the letters in C (`map` of `in`, then of `+`): no
+    Python-level step per letter or per match."""
+    lowered = _lower(letters)
     counts = [0] * len(letters)
     for skill in named:
-        at = text.find(skill)
-        while at >= 0:
-            letter = bisect_right(ends, at)
-            counts[letter] += 1
-            at = text.find(skill, ends[letter])  # on to the next letter
+        held = map(operator.contains, lowered, itertools.repeat(skill))
+        counts = list(map(operator.add, counts, held))
     return counts
 
 
@@ -472,9 +461,13 @@ def _skill_columns(
     else:
         wanted = set(job_skills)
         job = _job_mask(wanted)
-        matches = [_NAN if m is None else (m & job).bit_count() for m in freelancer_masks]
+        if None in freelancer_masks:
+            matches = [_NAN if m is None else (m & job).bit_count() for m in freelancer_masks]
+        else:  # the same, in C
+            masks = cast("Sequence[int]", freelancer_masks)
+            matches = list(map(int.bit_count, map(job.__and__, masks)))
         lowered = {s for s in _lower([s for s in wanted if s is not None]) if s}
-        named = _skills_named(lowered, letters, lengths) if lowered else [0] * n
+        named = _skills_named(lowered, letters) if lowered else [0] * n
         total = len(job_skills) or _NAN
     packed = struct.pack(f"{3 * n}d", *matches, *lengths, *named)
     matched, chars, counts = np.frombuffer(packed, dtype=np.float64).reshape(3, n)
