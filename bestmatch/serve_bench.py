@@ -614,8 +614,9 @@ def step_costs(
         "parse + validate": [],
         "Redis read (one round trip)": [],
         "matrix_of (features.ranking; freelancers' columns cached)": [],
-        "predict (the model's kept predictor)": [],
+        "predict (compiled trees)" if model.compiled else "predict (LightGBM)": [],
         "whole step (read, features, score, JSON)": [],
+        "predict (LightGBM's C API, for comparison)": [],
     }
     raws = [orjson.dumps(request) for request in requests]
     for raw in [*raws, *raws]:
@@ -637,8 +638,10 @@ def step_costs(
         found = reader.read(body.job_id, body.client_id, [p.freelancer_id for p in body.proposals])
         rank_proposals(model, body, found)
         t5 = time.thread_time()
+        model.lightgbm_predict(matrix)
+        t6 = time.thread_time()
         for values, cost in zip(
-            costs.values(), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
+            costs.values(), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True
         ):
             values.append(cost)
     reader.close()
@@ -745,9 +748,13 @@ def bench_serve(
             raise ModelError(msg)
 
         say("loading the model; timing the service's steps in-process")
+        from serving.compiled import default_cache
+        from serving.config import ServingSettings
         from serving.model import load_version
 
-        model = load_version(settings, version)
+        config = ServingSettings()  # the service's: its compiled model, from the same cache
+        cache = (config.compiled_cache or default_cache()) if config.compiled else None
+        model = load_version(settings, version, compiled_cache=cache)
         steps = step_costs(settings, model, bodies[: min(len(bodies), 300)])
 
         floor_port = free_port()
