@@ -26,10 +26,20 @@ def bench_serving(
             show_default=False,
         ),
     ] = None,
+    log_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of requests the service logs. [default: BESTMATCH_SERVE_LOG_RATE, 0.1]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Ranking latency at 1 and 16 clients, beside a bare endpoint and the Feast client path."""
     from bestmatch.cli import _settings
     from bestmatch.serve_bench import bench_serve
+    from serving.config import ServingSettings
 
     # the model is downloaded three times (service, steps, floor): no progress bar each time
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -41,6 +51,7 @@ def bench_serving(
         duration_s=duration,
         seed=seed,
         workers=workers or os.cpu_count() or 1,
+        log_rate=ServingSettings().log_rate if log_rate is None else log_rate,
         progress=console.print,
     )
     print_table("POST /v1/rank vs Feast get_online_features + model", report.rows())

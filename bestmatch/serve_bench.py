@@ -143,6 +143,7 @@ class ServeBench:
     feast: dict[int, Runs]
     steps: dict[str, float]  # median ms of each step
     same_scores: bool
+    log_rate: float = 0.1
 
     @property
     def ratio(self) -> float:
@@ -156,6 +157,7 @@ class ServeBench:
             ("requests", f"{self.requests:,} distinct, {self.proposals} proposals each"),
             ("model", f"bestmatch-ranker v{self.model_version}"),
             ("service processes", f"{self.workers} worker{'s' if self.workers > 1 else ''}"),
+            ("serving log rate", f"{self.log_rate:g} of requests"),
             *(
                 (f"service, {n} client{'s' if n > 1 else ''}", f.line())
                 for n, f in sorted(self.service.items())
@@ -802,4 +804,5 @@ def bench_serve(
         {n: Runs(runs) for n, runs in feast.items()},
         steps,
         same,
+        log_rate,
     )

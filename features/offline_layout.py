@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -88,8 +88,19 @@ def record_values(entity: Entity, record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def day_of(stamp_us: int) -> str:
-    """The `day` partition value of a stamp."""
-    return datetime.fromtimestamp(stamp_us / SECOND_US, tz=UTC).strftime("%Y-%m-%d")
+    """The `day` partition value of a stamp (UTC)."""
+    return _day_name(stamp_us // DAY_US)
+
+
+DAY_US = 86_400 * SECOND_US
+
+
+@lru_cache(maxsize=4096)
+def _day_name(day: int) -> str:
+    """A day's name, by its number since the epoch: formatted once per day, not per stamp
+    (`strftime` is a libc call that looks up the local time zone each time: it was a fifth of
+    the serving log writer's CPU)."""
+    return datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
 
 
 def changelog_table(

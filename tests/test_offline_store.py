@@ -208,6 +208,10 @@ def test_changelog_table_follows_the_schema() -> None:
         pa.int64()
     ).to_pylist() == [5, 5]
     assert day_of(BASE_US) == "2026-01-01"
+    # the day of a stamp is exact to the microsecond, before and after the epoch
+    midnight = 1_795_651_200_000_000  # 2026-11-26T00:00:00Z
+    assert (day_of(midnight - 1), day_of(midnight)) == ("2026-11-25", "2026-11-26")
+    assert (day_of(-1), day_of(0)) == ("1969-12-31", "1970-01-01")
     # Two changes at one instant in one batch: the later one is the value at that instant.
     twice = changelog_table(JOB, [rows[0], ("j-1", rows[0][1], rows[1][2]), rows[1]])
     assert twice.num_rows == 2

@@ -821,7 +821,13 @@ def test_bench_serve_times_both_paths_on_the_same_requests(market: Market) -> No
     from bestmatch.serve_bench import FLOOR_PREFIX, bench_serve
 
     bench = bench_serve(
-        market.serving, proposals=5, requests=10, duration_s=0.3, rounds=1, warmup_s=0.1
+        market.serving,
+        proposals=5,
+        requests=10,
+        duration_s=0.3,
+        rounds=1,
+        warmup_s=0.1,
+        log_rate=0.5,
     )
     assert bench.same_scores and bench.model_version == "1"
     assert set(bench.service) == set(bench.floor) == set(bench.feast) == {1, 16}
@@ -831,6 +837,7 @@ def test_bench_serve_times_both_paths_on_the_same_requests(market: Market) -> No
     assert "service, 1 client" in labels and "Feast path, 16 threads" in labels
     assert "floor (1 process), 16 clients" in labels and "service / floor, 1 client" in labels
     assert "ratio p50 (service / Feast), 1 client" in labels
+    assert dict(bench.rows())["serving log rate"] == "0.5 of requests"
     # the floor's rows are gone with it
     client = redis.Redis.from_url(market.serving.redis_url)
     assert not list(client.scan_iter(match=f"{FLOOR_PREFIX}:*"))
