@@ -390,6 +390,9 @@ def writer_main() -> None:
     nice = _lower_priority()
     if nice is not None:
         report("nice", nice)
+    # Imported now, while the service starts, not at the first write: about a second of CPU
+    # (deltalake, and pandas with it) that would otherwise land among the answers.
+    import deltalake  # noqa: F401
     writer = _Writer(
         given["uri"], given["batch_rows"], given["flush_s"], given["chunk_requests"], report
     )
