@@ -13,7 +13,7 @@ split, and missing values). Where it does not, or lleaves cannot be imported, or
 LightGBM scores (`model.MatrixPredictor`) and the log says why. Explanations (`pred_contrib`)
 always come from LightGBM.
 
-Compiling takes seconds (about 2 s for 50 trees; lleaves builds the IR in Python), so it runs in
+Compiling takes seconds (about 3 s for 50 trees; lleaves builds the IR in Python), so it runs in
 a process of its own (`python -m serving.compiled`) at nice 19: in the service's process it would
 hold the GIL for those seconds, and a hot swap would slow the answers it overlapped. Its object code
 goes to a cache file named by what it depends on (the model's text, lleaves' and llvmlite's

@@ -3,7 +3,8 @@
 The service serves `models:/bestmatch-ranker@champion`. The alias is resolved to a version first
 and that version is loaded, so the version named in every answer is the one that scored it. The
 LightGBM booster is used directly (not through pyfunc): a request is a small numpy matrix, and
-`pred_contrib` gives the explanations.
+`pred_contrib` gives the explanations. The scores come from its trees compiled to machine code
+(`serving.compiled`) where those score exactly as LightGBM does, else from LightGBM.
 
 A model whose feature list (the `features` metadata logged with it, and the booster's own names)
 is not exactly `features.ranking.MODEL_FEATURES` cannot be fed by this code: at startup that stops
