@@ -167,9 +167,12 @@ def main() -> None:
     import lleaves
 
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    compiled = lleaves.Model(model_file=model)
-    compiled.compile(cache=str(partial), fblocksize=max(1, trees))
-    os.replace(partial, path)  # whole or not at all
+    try:
+        compiled = lleaves.Model(model_file=model)
+        compiled.compile(cache=str(partial), fblocksize=max(1, trees))
+        os.replace(partial, path)  # whole or not at all
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def check_rows(booster: lgb.Booster, count: int = 2048, seed: int = 0) -> np.ndarray:
