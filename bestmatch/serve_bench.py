@@ -750,13 +750,11 @@ def bench_serve(
             raise ModelError(msg)
 
         say("loading the model; timing the service's steps in-process")
-        from serving.compiled import default_cache
         from serving.config import ServingSettings
         from serving.model import load_version
 
-        config = ServingSettings()  # the service's: its compiled model, from the same cache
-        cache = (config.compiled_cache or default_cache()) if config.compiled else None
-        model = load_version(settings, version, compiled_cache=cache)
+        # the service's compiled model, from the same cache
+        model = load_version(settings, version, compiled_cache=ServingSettings().compiled_models)
         steps = step_costs(settings, model, bodies[: min(len(bodies), 300)])
 
         floor_port = free_port()

@@ -14,7 +14,7 @@ LightGBM scores (`model.MatrixPredictor`) and the log says why. Explanations (`p
 always come from LightGBM.
 
 Compiling takes seconds (about 3 s for 50 trees; lleaves builds the IR in Python), so it runs in
-a process of its own (`python -m serving.compiled`) at nice 19: in the service's process it would
+a process of its own (`serving.compiled.main`) at nice 19: in the service's process it would
 hold the GIL for those seconds, and a hot swap would slow the answers it overlapped. Its object code
 goes to a cache file named by what it depends on (the model's text, lleaves' and llvmlite's
 versions, the host's CPU and its features: code built for one CPU's features may not run on
@@ -33,10 +33,13 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from serving.priority import lower_priority
 
 if TYPE_CHECKING:  # not imported in the compiling process, which needs only lleaves
     import lightgbm as lgb
@@ -88,7 +91,10 @@ class CompiledPredictor:
 
 
 def compiled_predictor(
-    booster: lgb.Booster, reference: Any, cache: Path, label: str
+    booster: lgb.Booster,
+    reference: Callable[[np.ndarray], np.ndarray],
+    cache: Path,
+    label: str,
 ) -> CompiledPredictor | None:
     """The booster's trees compiled (from `cache`, or compiled now in a process of its own),
     checked against `reference` (LightGBM's scores: a callable taking a matrix); None, with a
@@ -160,10 +166,7 @@ def _compile_apart(text: str, trees: int, path: Path) -> None:
 def main() -> None:
     """The compiling process: argv = model file, number of trees, object file to write."""
     model, trees, path = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, max(COMPILER_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
-    except OSError:
-        pass  # compiled at the service's priority
+    lower_priority(COMPILER_NICE)  # where refused: compiled at the service's priority
     import lleaves
 
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")

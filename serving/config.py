@@ -47,6 +47,16 @@ class ServingSettings(BaseSettings):
     is used only where it scores as LightGBM does, bit for bit; false: LightGBM scores."""
     compiled_cache: Path | None = None
     """Where compiled models are kept (default: `$XDG_CACHE_HOME/bestmatch/compiled`)."""
+
+    @property
+    def compiled_models(self) -> Path | None:
+        """The folder compiled models are kept in; None where `compiled` is off."""
+        if not self.compiled:
+            return None
+        from serving.compiled import default_cache
+
+        return self.compiled_cache or default_cache()
+
     workers: int = Field(default=1, ge=1)
     """Processes answering on the port (`bestmatch serve --workers`): 1 serves in the command's
     own process; more are uvicorn's workers, each with its own model, Redis connections and

@@ -39,6 +39,7 @@ import pyarrow as pa
 from features.offline_layout import ARROW_TYPES, UTC_US, day_of
 from features.ranking import STORE_FEATURES
 from features.specs import FEATURES_BY_NAME, FREELANCER
+from serving.priority import lower_priority
 
 if TYPE_CHECKING:  # not imported by the writer process, which needs none of them
     from features.settings import Settings
@@ -285,18 +286,6 @@ CHUNK_REQUESTS = 20
 so that a write has little left to do."""
 
 
-def _lower_priority() -> int | None:
-    """Lower this process's priority to `WRITER_NICE`: its nice value after (None off Linux, or
-    where the system refuses)."""
-    if sys.platform != "linux":
-        return None
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, max(WRITER_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
-        return os.getpriority(os.PRIO_PROCESS, 0)
-    except OSError:
-        return None
-
-
 class _Writer:
     """The writer's loop: requests from a queue (`Decoder`'s), rows to Delta. `report` tells the
     service what happened to rows ("written N", "dropped N")."""
@@ -387,12 +376,13 @@ def writer_main() -> None:
             out.write(f"{what} {n}\n")
             out.flush()
 
-    nice = _lower_priority()
+    nice = lower_priority(WRITER_NICE)
     if nice is not None:
         report("nice", nice)
     # Imported now, while the service starts, not at the first write: about a second of CPU
     # (deltalake, and pandas with it) that would otherwise land among the answers.
     import deltalake  # noqa: F401
+
     writer = _Writer(
         given["uri"], given["batch_rows"], given["flush_s"], given["chunk_requests"], report
     )

@@ -6,7 +6,6 @@ import random
 from dataclasses import dataclass, field
 
 from features.settings import Settings
-from serving.compiled import default_cache
 from serving.config import ServingSettings
 from serving.metrics import ServingMetrics
 from serving.model import ChampionWatcher, LoadedRanker
@@ -48,7 +47,7 @@ def open_state(settings: Settings, config: ServingSettings) -> ServingState:
         settings,
         poll_s=config.model_poll_s,
         threads=config.predict_threads,
-        compiled_cache=(config.compiled_cache or default_cache()) if config.compiled else None,
+        compiled_cache=config.compiled_models,
         on_swap=loaded,
         on_failure=lambda _exc: metrics.model_load_failures.inc(),
     )
