@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from serving.priority import autogroup_nice
 from serving.schemas import RankRequest
 from serving.serving_log import (
     SCHEMA,
@@ -182,5 +184,48 @@ def test_the_writer_runs_below_the_answers_priority(tmp_path: Path) -> None:
         assert os.getpriority(os.PRIO_PROCESS, log.writer_pid) == log.niceness
         # the thread that made it (an answer's, in the service) keeps its own
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+        # the writer leads a session of its own: its autogroup (where the kernel has them) is
+        # lowered too, and ours is not
+        ours = autogroup_nice(Path("/proc/self/autogroup"))
+        theirs = autogroup_nice(Path(f"/proc/{log.writer_pid}/autogroup"))
+        if ours is not None:
+            assert theirs == max(WRITER_NICE, ours)
+            assert autogroup_nice(Path("/proc/self/autogroup")) == ours
     finally:
         log.close()
+
+
+_LOWER = (
+    "import sys; from pathlib import Path; from serving.priority import lower_autogroup; "
+    "print(lower_autogroup(int(sys.argv[2]), Path(sys.argv[1])))"
+)
+
+
+@pytest.mark.parametrize(
+    ("own_session", "start", "nice", "printed", "after"),
+    [
+        (True, 0, 19, "19", 19),  # a session leader lowers its own autogroup
+        (True, 5, 3, "5", 5),  # ... never raises it
+        (False, 0, 19, "None", 0),  # one sharing a session leaves the session's alone
+    ],
+)
+def test_only_a_session_leader_lowers_its_autogroup(
+    tmp_path: Path, own_session: bool, start: int, nice: int, printed: str, after: int
+) -> None:
+    group = tmp_path / "autogroup"  # the kernel's file's format, in a file of our own
+    group.write_text(f"/autogroup-7 nice {start}\n")
+    done = subprocess.run(
+        [sys.executable, "-c", _LOWER, str(group), str(nice)],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=own_session,
+    )
+    assert done.stdout.strip() == printed
+    assert autogroup_nice(group) == after
+
+
+def test_an_autogroup_file_that_is_not_there_reads_as_none(tmp_path: Path) -> None:
+    assert autogroup_nice(tmp_path / "none") is None
+    (tmp_path / "odd").write_text("no nice here\n")
+    assert autogroup_nice(tmp_path / "odd") is None
