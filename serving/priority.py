@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 AUTOGROUP = Path("/proc/self/autogroup")
@@ -14,8 +15,8 @@ def lower_priority(nice: int) -> int | None:
     """Lower this process's priority to at least `nice` (never raise it): its nice value after
     (None off Linux, or where the system refuses). Threads started after it inherit it.
 
-    A process that leads a session of its own (the serving log's writer) lowers its autogroup's
-    nice value too: see `lower_autogroup`.
+    A process that leads a session of its own (the serving log's writer) needs its autogroup's
+    lowered too: `lower_autogroup`.
     """
     if sys.platform != "linux":
         return None
@@ -24,7 +25,6 @@ def lower_priority(nice: int) -> int | None:
         now = os.getpriority(os.PRIO_PROCESS, 0)
     except OSError:
         return None
-    lower_autogroup(nice)
     return now
 
 
@@ -43,17 +43,39 @@ def lower_autogroup(nice: int, path: Path = AUTOGROUP) -> int | None:
     Only a session leader does it: the autogroup of a process that shares its session (say,
     with the service) is the whole session's.
     """
-    try:
-        if os.getsid(0) != os.getpid():
-            return None
-        current = autogroup_nice(path)
-        if current is None:
-            return None
-        if current < nice:
-            path.write_text(str(nice))
-        return autogroup_nice(path)
-    except OSError:
+    if os.getsid(0) != os.getpid():
         return None
+    current = autogroup_nice(path)
+    if current is None:
+        return None
+    if current < nice and not set_autogroup_nice(nice, path, tries=AUTOGROUP_TRIES):
+        return current
+    return autogroup_nice(path)
+
+
+AUTOGROUP_TRIES = 12
+AUTOGROUP_WAIT_S = 0.11
+"""Linux takes one autogroup change per 100 ms from unprivileged processes, machine-wide (others
+get EAGAIN): two service workers start their writers together."""
+
+
+def set_autogroup_nice(
+    nice: int, path: Path = AUTOGROUP, *, tries: int = 1, wait_s: float = AUTOGROUP_WAIT_S
+) -> bool:
+    """Set this process's autogroup's nice value (a session leader's own: see `lower_autogroup`);
+    whether it took. Any process may raise it or bring it back down to 0, none but root below 0.
+    A change refused for the kernel's rate limit is tried again `tries` times in all."""
+    for attempt in range(tries):
+        try:
+            with path.open("w") as file:
+                file.write(str(nice))
+            return True
+        except BlockingIOError:  # the rate limit
+            if attempt + 1 < tries:
+                time.sleep(wait_s)
+        except OSError:
+            return False
+    return False
 
 
 def autogroup_nice(path: Path = AUTOGROUP) -> int | None:

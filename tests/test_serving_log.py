@@ -25,8 +25,11 @@ from deltalake import DeltaTable
 from serving.priority import autogroup_nice
 from serving.schemas import RankRequest
 from serving.serving_log import (
+    BEHIND_S,
+    CAUGHT_UP_S,
     SCHEMA,
     WRITER_NICE,
+    CatchUp,
     Decoder,
     Encoder,
     ServedRequest,
@@ -189,10 +192,96 @@ def test_the_writer_runs_below_the_answers_priority(tmp_path: Path) -> None:
         ours = autogroup_nice(Path("/proc/self/autogroup"))
         theirs = autogroup_nice(Path(f"/proc/{log.writer_pid}/autogroup"))
         if ours is not None:
-            assert theirs == max(WRITER_NICE, ours)
+            assert theirs == WRITER_NICE
             assert autogroup_nice(Path("/proc/self/autogroup")) == ours
     finally:
         log.close()
+
+
+def _writer_autogroup_becomes(log: ServingLog, nice: int, make: Any) -> None:
+    """Offer `make(k)` every 20 ms until the writer's autogroup is at `nice` (within 10 s)."""
+    group = Path(f"/proc/{log.writer_pid}/autogroup")
+    deadline = time.monotonic() + 10
+    k = 0
+    while autogroup_nice(group) != nice:
+        assert time.monotonic() < deadline, f"the writer's autogroup: {group.read_text()}"
+        log.offer(make(k))
+        k += 1
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(
+    autogroup_nice(Path("/proc/self/autogroup")) is None, reason="the kernel has no autogroups"
+)
+def test_a_writer_behind_the_answers_raises_its_priority_until_it_catches_up(
+    tmp_path: Path,
+) -> None:
+    uri = tmp_path / "serving_log"
+    counts = Counts()
+    log = counts.log(uri)
+    try:
+        deadline = time.monotonic() + 30
+        while log.niceness is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        group = Path(f"/proc/{log.writer_pid}/autogroup")
+        assert autogroup_nice(group) == WRITER_NICE
+        # requests served long ago (as a writer starved by saturated cores reads them)
+        _writer_autogroup_becomes(log, 0, served)
+        # requests served just now
+        now = lambda k: dataclasses.replace(served(k), served_at_us=time.time_ns() // 1000)  # noqa: E731
+        _writer_autogroup_becomes(log, WRITER_NICE, now)
+    finally:
+        log.close()
+    rows = read(uri).num_rows
+    assert rows > 0
+    assert counts.written == [rows]
+    assert counts.dropped == []
+
+
+class _Nice:
+    """A stand-in for the autogroup file: the values set, and refusals (the rate limit)."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.values: list[int] = []
+        self.refuse = refuse
+
+    def __call__(self, nice: int) -> bool:
+        if self.refuse:
+            self.refuse -= 1
+            return False
+        self.values.append(nice)
+        return True
+
+
+def test_catch_up_raises_when_behind_and_lowers_when_caught_up() -> None:
+    now = [1000.0]
+    nice = _Nice()
+    catch_up = CatchUp(19, 0, nice, lambda: now[0])
+
+    def seen(lag_s: float) -> None:
+        catch_up.seen(int((now[0] - lag_s) * 1e6))
+
+    for lag in (0.0, 0.3, BEHIND_S - 0.1):  # keeping up
+        seen(lag)
+    assert (nice.values, catch_up.raised) == ([], False)
+    seen(BEHIND_S + 0.1)
+    assert (nice.values, catch_up.raised) == ([0], True)
+    for lag in (BEHIND_S + 5, 1.0, CAUGHT_UP_S + 0.1):  # catching up, not yet there
+        seen(lag)
+    assert nice.values == [0]
+    seen(CAUGHT_UP_S - 0.1)
+    assert (nice.values, catch_up.raised) == ([0, 19], False)
+
+
+def test_catch_up_tries_again_where_the_kernel_refused() -> None:
+    nice = _Nice(refuse=2)
+    catch_up = CatchUp(19, 0, nice, lambda: 1000.0)
+    behind = int((1000.0 - BEHIND_S - 1) * 1e6)
+    catch_up.seen(behind)
+    catch_up.seen(behind)
+    assert (nice.values, catch_up.raised) == ([], False)
+    catch_up.seen(behind)
+    assert (nice.values, catch_up.raised) == ([0], True)
 
 
 _LOWER = (
