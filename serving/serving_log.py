@@ -2,8 +2,9 @@
 
 A sampled request (each with probability `log_rate`; whole requests, so a logged list can be
 studied as a ranking) is handed to a queue and the request goes on. A feeder thread sends each
-one, compactly pickled, to the writer: a process of its own (`writer_main`), at nice 19. The
-writer turns requests into rows (one per proposal: the request time, ids, model version, the
+one, compactly pickled, to the writer: a process of its own (`writer_main`), in a session of its
+own, at nice 19 and with its session's autogroup at nice 19 (`CatchUp`: back at 0 while it is
+behind). The writer turns requests into rows (one per proposal: the request time, ids, model version, the
 store values the model read, the bid, the score and rank), a chunk of requests at a time as they
 come, and appends them to Delta when `log_batch_rows` rows wait or the oldest has waited
 `log_flush_s`, and when the service closes the log (the end of its input). A full queue, a request
@@ -278,9 +279,10 @@ def read_frame(stream: BinaryIO) -> bytes | None:
 
 _STOP = object()
 WRITER_NICE = 19
-"""The writer process's nice value (Linux; its Delta threads inherit it): the answers come first
-when the cores are busy. A Delta append of the log runs Rust threads on every core for tens of
-ms, and at equal priority it stalled the answers it overlapped."""
+"""The writer process's nice value, and its autogroup's (Linux; its Delta threads inherit it): the
+answers come first when the cores are busy. A Delta append of the log runs Rust threads on every
+core for tens of ms, and at equal priority it stalled the answers it overlapped. The autogroup's
+is what counts where the kernel groups by session (`serving.priority.lower_autogroup`)."""
 CHUNK_REQUESTS = 20
 """Requests the writer turns into Arrow together (about 1,000 rows, 10 ms of CPU), as they come,
 so that a write has little left to do."""
