@@ -4,12 +4,12 @@ A sampled request (each with probability `log_rate`; whole requests, so a logged
 studied as a ranking) is handed to a queue and the request goes on. A feeder thread sends each
 one, compactly pickled, to the writer: a process of its own (`writer_main`), in a session of its
 own, at nice 19 and with its session's autogroup at nice 19 (`CatchUp`: back at 0 while it is
-behind). The writer turns requests into rows (one per proposal: the request time, ids, model version, the
-store values the model read, the bid, the score and rank), a chunk of requests at a time as they
-come, and appends them to Delta when `log_batch_rows` rows wait or the oldest has waited
-`log_flush_s`, and when the service closes the log (the end of its input). A full queue, a request
-Arrow refuses or a failed write drops rows (counted in `bestmatch_serving_log_dropped`): logging
-never slows or fails an answer.
+behind). The writer turns requests into rows (one per proposal: the request time, ids, model
+version, the store values the model read, the bid, the score and rank), a chunk of requests at a
+time as they come, and appends them to Delta when `log_batch_rows` rows wait or the oldest has
+waited `log_flush_s`, and when the service closes the log (the end of its input). A full queue, a
+request Arrow refuses or a failed write drops rows (counted in `bestmatch_serving_log_dropped`):
+logging never slows or fails an answer.
 
 Why a process: building Arrow columns from Python values holds the GIL, and so did the writer
 thread that did it in the service (about 0.3 ms a request, in steps between answers); measured at
@@ -421,8 +421,6 @@ def writer_main() -> None:
             out.flush()
 
     nice = lower_priority(WRITER_NICE)
-    if nice is not None:
-        report("nice", nice)
     started = autogroup_nice()
     lowered = lower_autogroup(WRITER_NICE)
     catch_up = (
@@ -430,6 +428,8 @@ def writer_main() -> None:
         if lowered is not None and started is not None and lowered > started
         else None
     )
+    if nice is not None:  # once the autogroup is lowered too
+        report("nice", nice)
     # Imported now, while the service starts, not at the first write: about a second of CPU
     # (deltalake, and pandas with it) that would otherwise land among the answers.
     import deltalake  # noqa: F401
