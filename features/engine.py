@@ -1,42 +1,50 @@
-"""The feature engine: event-time clock, sawtooth tiles, hop boundaries and the change log.
+"""The feature engine: columnar state, a batch of events at a time. Engine-agnostic and pure.
 
-Engine-agnostic and pure (no I/O): the Bytewax flow in `flows/` holds one `Sequencer` (the
-stream's order: de-duplication, lateness, the clock) and one `ShardEngine` per shard of entities,
-and only moves items between them. Tests drive the same classes directly.
+The Bytewax flow in `flows/` holds one `Sequencer` (the stream's order: de-duplication,
+lateness, the clock) and one `ShardEngine` per shard of entities, and only moves batches between
+them. Tests and benchmarks drive the same classes directly.
 
-How a shard turns events into changes (CONTRACT §2):
-- Every item carries the stream's clock (the newest event time seen when it was admitted).
-  `advance(t)` first finalises the entities changed at the old clock, then replays every hop
-  boundary due before t, in time order, each stamped at its own boundary, so quiet entities still
-  get their drop-outs during a fast replay with no wall-clock time passing.
-- A change-log row is final once the clock has moved past its stamp: later items can only be
-  stamped later (late events are stamped with the clock). So each (entity, stamp) has exactly one
-  row, whatever the batch boundaries: a crash, a replay or a second backfill writes the same rows.
-- The online view is fresher: after every batch, `drain_online` gives the current values (at the
-  clock) of every entity that changed, including those whose row is not final yet.
+What a shard computes (CONTRACT §2). An admitted event reaches each entity it changes with the
+stream's clock `c` when it was admitted. For a windowed feature it counts from `c` (its change is
+stamped with the clock, never with a rewritten past) until its tile leaves the window, at
+`floor_hop(event_time) + length + hop`; an event whose tile has left already changes nothing.
+A profile feature takes the latest event by event time (a tie goes to the later event). So each
+feature of an entity is a step function of time whose steps fall on update clocks and on tile
+exits, and the change log holds a row at every such instant where the entity's vector changes,
+plus one row when the entity first appears. A row at instant `s` is final once the clock has
+passed `s`: later events carry later clocks and every tile exit up to the clock is applied.
+
+How a batch is worked, per entity kind, with array operations and no Python step per event:
+- entity ids are interned to dense indices; every per-entity value lives in a column;
+- each event becomes one record of deltas (+1 per matching count, +value per matching mean) at
+  its clock, and one pending exit per matching windowed feature, kept in buckets by exit time;
+- the exits due by the batch's clock join the records; records are sorted by (entity, instant)
+  and summed with `cumsum`, giving each entity's vector at each instant it changed;
+- a vector is compared with the one before it; a change at an instant before the clock is a row.
+Means are exact: sums are integers of 2**-64 units (`features.sums`), so the order of events and
+of batches cannot change a bit. Rows at the clock itself stay pending until the clock moves.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from features import tiles
-from features.events import Event
-from features.specs import (
-    ENTITIES,
-    FEATURES,
-    Agg,
-    Entity,
-    entities_of_event,
-    features_of,
-)
+import numpy as np
+import pyarrow as pa
 
-EntityKey = tuple[str, str]  # (entity name, entity id)
+from features import offline_layout, sums
+from features.events import ACTIONS, EVENT_TYPES, Event
+from features.specs import ENTITIES, Agg, Dtype, Entity, entities_of_event, features_of
+
 Values = tuple[Any, ...]  # one entity's features, in `features_of(entity)` order
 NEVER = -(2**62)
+TYPE_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
+ACTION_CODE = {name: code for code, name in enumerate(ACTIONS)}
+_I64 = np.int64
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,61 +58,144 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
-class Update:
-    """One event routed to one entity it changes, with the stream's clock when admitted."""
+class KindUpdates:
+    """Admitted events routed to entities of one kind, in stream order, as columns."""
 
-    entity: str
-    entity_id: str
-    event: Event
-    clock: int
+    ids: list[str]  # the entity id each event changes
+    clock: np.ndarray  # int64: the stream's clock when the event was admitted
+    time: np.ndarray  # int64: event time
+    etype: np.ndarray  # int8: `TYPE_CODE`
+    action: np.ndarray  # int8: `ACTION_CODE`, -1 where none
+    value: np.ndarray  # float64: the value a mean folds (bid_amount), NaN where none
+    profiles: dict[int, Event] = field(default_factory=dict)  # row -> event, profile features
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: np.ndarray) -> KindUpdates:
+        """The updates at `rows` (sorted), in the same order."""
+        wanted = rows.tolist()
+        profiles = {}
+        if self.profiles:
+            where = {row: i for i, row in enumerate(wanted)}
+            profiles = {where[r]: e for r, e in self.profiles.items() if r in where}
+        return KindUpdates(
+            [self.ids[r] for r in wanted],
+            self.clock[rows],
+            self.time[rows],
+            self.etype[rows],
+            self.action[rows],
+            self.value[rows],
+            profiles,
+        )
+
+
+def concat_updates(parts: Sequence[KindUpdates]) -> KindUpdates:
+    """Consecutive updates of one kind as one (stream order kept)."""
+    if len(parts) == 1:
+        return parts[0]
+    ids: list[str] = []
+    profiles: dict[int, Event] = {}
+    for part in parts:
+        profiles.update({len(ids) + row: e for row, e in part.profiles.items()})
+        ids += part.ids
+    return KindUpdates(
+        ids,
+        np.concatenate([p.clock for p in parts]),
+        np.concatenate([p.time for p in parts]),
+        np.concatenate([p.etype for p in parts]),
+        np.concatenate([p.action for p in parts]),
+        np.concatenate([p.value for p in parts]),
+        profiles,
+    )
+
+
+def updates_from_events(
+    kind: Entity, events: Sequence[Event], clocks: Sequence[int]
+) -> KindUpdates:
+    """Typed events (and their clocks) that change `kind`, as its update columns."""
+    mine = [(e, c) for e, c in zip(events, clocks, strict=True) if kind in _ROUTES[e.event_type]]
+    source = _PLANS[kind.name].last_type
+    return KindUpdates(
+        [getattr(e, kind.join_key) for e, _ in mine],
+        np.array([c for _, c in mine], dtype=_I64),
+        np.array([e.event_time for e, _ in mine], dtype=_I64),
+        np.array([TYPE_CODE[e.event_type] for e, _ in mine], dtype=np.int8),
+        np.array([ACTION_CODE.get(getattr(e, "action", ""), -1) for e, _ in mine], np.int8),
+        np.array([getattr(e, "bid_amount", np.nan) for e, _ in mine], dtype=np.float64),
+        {i: e for i, (e, _) in enumerate(mine) if TYPE_CODE[e.event_type] == source},
+    )
+
+
+# --- plans: the specs compiled for one entity kind ---------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Tick:
-    """The stream's clock moved to `clock` (sent to every shard after each batch)."""
+class _Windowed:
+    slot: int  # position in the entity's vector
+    etype: int
+    action: int  # the action filter's code, -1 for none
+    length: int
+    hop: int
+    mean: int  # its index among the kind's means, -1 for a count
 
-    clock: int
 
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Plan:
-    """What one event type does to one entity, compiled from the specs for the hot path.
-
-    windowed: (feature index, aggregation, window, event field folded or None, filter or None)
-    last: (feature index, event field) of the profile features this event type sets
-    """
-
-    windowed: tuple[tuple[int, Agg, Any, str | None, tuple[tuple[str, str], ...] | None], ...]
-    last: tuple[tuple[int, str], ...]
-
-
-def _plans() -> dict[tuple[str, str], _Plan]:
-    plans = {}
-    for entity in ENTITIES:
-        specs = features_of(entity)
-        for event_type in {f.event_type for f in specs}:
-            mine = [(i, f) for i, f in enumerate(specs) if f.event_type == event_type]
-            windowed = tuple(
-                (i, f.agg, f.window, f.value, f.where or None) for i, f in mine if f.windowed
-            )
-            last = tuple((i, f.value) for i, f in mine if not f.windowed and f.value)
-            plans[(entity.name, event_type)] = _Plan(windowed, last)
-    return plans
+    entity: Entity
+    size: int  # features in the vector
+    windowed: tuple[_Windowed, ...]  # count matrix column = index here
+    counts: tuple[int, ...]  # windowed indices of COUNT features
+    means: tuple[int, ...]  # windowed indices of MEAN features
+    last_type: int | None  # the event type profile features come from
+    last: tuple[tuple[int, str], ...]  # (slot, event field) of each profile feature
+    empty: Values
 
 
-_PLANS = _plans()
-_SPECS = {e.name: features_of(e) for e in ENTITIES}
-_EMPTY = {
-    e.name: tuple(0 if f.agg is Agg.COUNT else None for f in features_of(e)) for e in ENTITIES
-}
-_WINDOWED = {
-    e.name: tuple((i, f.agg, f.window) for i, f in enumerate(features_of(e)) if f.window)
-    for e in ENTITIES
-}
-_ROUTES = {
-    t: tuple(entities_of_event(t))
-    for t in ("job_posted", "freelancer_profile", "proposal_submitted", "proposal_action")
-}
+def _plan(entity: Entity) -> _Plan:
+    specs = features_of(entity)
+    windowed: list[_Windowed] = []
+    means = []
+    last: list[tuple[int, str]] = []
+    last_types = set()
+    for slot, spec in enumerate(specs):
+        if spec.window is None:
+            last.append((slot, spec.value or ""))
+            last_types.add(TYPE_CODE[spec.event_type])
+            continue
+        action = -1
+        for name, wanted in spec.where:
+            if name != "action":
+                msg = f"{spec.name}: the engine filters on `action` only, not {name!r}"
+                raise ValueError(msg)
+            action = ACTION_CODE[wanted]
+        mean = -1
+        if spec.agg is Agg.MEAN:
+            mean = len(means)
+            means.append(len(windowed))
+        w = spec.window
+        windowed.append(
+            _Windowed(slot, TYPE_CODE[spec.event_type], action, w.length_us, w.hop_us, mean)
+        )
+    if len(last_types) > 1:
+        msg = f"{entity.name}: profile features from more than one event type"
+        raise ValueError(msg)
+    counts = tuple(i for i, w in enumerate(windowed) if w.mean < 0)
+    empty = tuple(0 if spec.agg is Agg.COUNT else None for spec in specs)
+    return _Plan(
+        entity,
+        len(specs),
+        tuple(windowed),
+        counts,
+        tuple(means),
+        next(iter(last_types), None),
+        tuple(last),
+        empty,
+    )
+
+
+_PLANS = {e.name: _plan(e) for e in ENTITIES}
+_ROUTES = {t: entities_of_event(t) for t in EVENT_TYPES}
 
 
 def route(event: Event) -> list[tuple[str, str]]:
@@ -112,158 +203,499 @@ def route(event: Event) -> list[tuple[str, str]]:
     return [(e.name, getattr(event, e.join_key)) for e in _ROUTES[event.event_type]]
 
 
-class EntityState:
-    """One entity's tiles and running totals (per windowed feature), its latest profile values,
-    and its current feature vector, kept up to date as tiles come and go.
+def kinds_of(event_type: str) -> tuple[Entity, ...]:
+    """The entity kinds an event type changes, in a fixed order."""
+    return _ROUTES[event_type]
 
-    Invariant: `totals[i]` is the merge of `tiles[i]`, `values[i]` is its value, and `tiles[i]`
-    holds only tiles inside the window at the latest time the state was pruned to, in start
-    order. Reading is then a tuple copy, and pruning subtracts exactly (see `tiles.subtract`).
-    """
 
-    __slots__ = ("tiles", "totals", "values", "last_times", "emitted", "stamp")
+def last_type(entity: Entity) -> int | None:
+    """The event type (`TYPE_CODE`) an entity's profile features come from, if any."""
+    return _PLANS[entity.name].last_type
 
-    def __init__(self, empty: Values) -> None:
-        self.tiles: list[dict[int, Any] | None] = [None] * len(empty)
-        self.totals: list[Any] = [None] * len(empty)
-        self.values: list[Any] = list(empty)
-        self.last_times: dict[str, int] = {}  # event type -> event_time of the values kept
-        # the values of its latest change-log row; None until its first, which an entity gets
-        # when it first appears, even if its events leave every value empty (so the offline
-        # store knows it exactly as the online store does)
-        self.emitted: Values | None = None
-        self.stamp = NEVER  # when its values last changed
 
-    def fold(self, i: int, agg: Agg, start: int, value: Any) -> bool:
-        """Add one event to tile `start` of feature i; True if the tile is new."""
-        held = self.tiles[i]
-        if held is None:
-            held = self.tiles[i] = {}
-        total = self.totals[i]
-        total = self.totals[i] = (
-            tiles.build(agg, value) if total is None else tiles.fold(agg, total, value)
-        )
-        self.values[i] = total if agg is Agg.COUNT else tiles.value(agg, total)
-        partial = held.get(start)
-        if partial is not None:
-            held[start] = tiles.fold(agg, partial, value)
-            return False
-        out_of_order = bool(held) and start < next(reversed(held))
-        held[start] = tiles.build(agg, value)
-        if out_of_order:  # a late event opened an older tile: keep start order
-            self.tiles[i] = dict(sorted(held.items()))
-        return True
+def empty_values(entity: Entity) -> Values:
+    """An entity's values over no events (counts 0, everything else null)."""
+    return _PLANS[entity.name].empty
 
-    def keep_latest(self, event: Event, fields: tuple[tuple[int, str], ...]) -> None:
-        """Take a profile event's values unless a later one of its type is already kept."""
-        kept = self.last_times.get(event.event_type)
-        if kept is None or kept <= event.event_time:
-            self.last_times[event.event_type] = event.event_time
-            for i, name in fields:
-                self.values[i] = getattr(event, name)
 
-    def read(self) -> Values:
-        """The entity's feature vector (as of the time it was last pruned to)."""
-        return tuple(self.values)
-
-    def prune(self, windowed: tuple[tuple[int, Agg, Any], ...], t: int) -> None:
-        """Drop the tiles that have left their window at t (reads come at non-decreasing t)."""
-        for i, agg, window in windowed:
-            held = self.tiles[i]
-            if not held:
-                continue
-            lo = t - t % window.hop_us - window.length_us
-            if next(iter(held)) >= lo:
-                continue
-            gone = []
-            for start in held:
-                if start >= lo:
-                    break
-                gone.append(start)
-            total = self.totals[i]
-            for start in gone:
-                total = tiles.subtract(agg, total, held.pop(start))
-            if held:
-                self.totals[i] = total
-                self.values[i] = total if agg is Agg.COUNT else tiles.value(agg, total)
-            else:
-                self.tiles[i] = self.totals[i] = None
-                self.values[i] = tiles.value(agg, None)
+# --- one entity kind's state -------------------------------------------------------------------
 
 
 @dataclass
-class ShardEngine:
-    """All the state of one shard of entities. Picklable, so the flow can snapshot it."""
+class _Rows:
+    """Final change-log rows of one kind, as columns, in stamp order per entity."""
 
-    clock: int = NEVER
-    entities: dict[EntityKey, EntityState] = field(default_factory=dict)
-    due: list[tuple[int, str, str]] = field(default_factory=list)  # (time, entity, id) heap
-    pending: dict[EntityKey, None] = field(default_factory=dict)  # changed at `clock`
-    changes: list[Change] = field(default_factory=list)  # final rows not yet drained
-    dirty: dict[EntityKey, None] = field(default_factory=dict)  # changed since drain_online
+    entity: np.ndarray
+    stamp: np.ndarray
+    counts: np.ndarray  # (n, windowed) int64
+    means: np.ndarray  # (n, means) float64, NaN for null
+    refs: np.ndarray  # profile reference, -1 for none
 
-    def process(self, items: Iterable[Update | Tick]) -> None:
-        for item in items:
-            if type(item) is Update:
-                self.apply(item)
-            else:
-                self.advance(item.clock)
 
-    def apply(self, update: Update) -> None:
-        """Fold one routed event into its entity; its change is stamped with the clock."""
-        if update.clock > self.clock:
-            self.advance(update.clock)
-        key = (update.entity, update.entity_id)
-        state = self.entities.get(key)
-        if state is None:
-            state = self.entities[key] = EntityState(_EMPTY[update.entity])
-        event = update.event
-        plan = _PLANS[(update.entity, event.event_type)]
-        t = event.event_time
-        pushed = 0  # features sharing a window share its boundary: push it once
-        for i, agg, window, field_name, where in plan.windowed:
-            if where is not None and any(getattr(event, k) != v for k, v in where):
-                continue
-            start = t - t % window.hop_us
-            expires = start + window.length_us + window.hop_us
-            if expires <= self.clock:
-                continue  # so late it has already left its window: changes nothing now
-            value = getattr(event, field_name) if field_name else None
-            if state.fold(i, agg, start, value) and expires != pushed:
-                heapq.heappush(self.due, (expires, update.entity, update.entity_id))
-                pushed = expires
-        if plan.last:
-            state.keep_latest(event, plan.last)
-        state.stamp = self.clock
-        self.pending[key] = None
-        self.dirty[key] = None
+class KindState:
+    """Every entity of one kind in a shard: columns indexed by a dense entity number."""
 
-    def advance(self, t: int) -> None:
-        """Move the clock to t: finalise rows at the old clock, replay boundaries before t."""
-        if t <= self.clock:
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+        n_w, n_m = len(plan.windowed), len(plan.means)
+        cap = 16
+        self.counts = np.zeros((cap, n_w), _I64)  # per windowed feature, events in the window
+        self.limbs = np.zeros((cap, n_m, sums.LIMBS), _I64)  # per mean, the exact sum
+        self.ref = np.full(cap, -1, _I64)  # the profile in force (a row of `profiles`)
+        self.ref_time = np.full(cap, NEVER, _I64)  # its event time
+        self.stamp = np.full(cap, NEVER, _I64)  # when its values (or an update) last came
+        self.emitted = np.zeros(cap, np.bool_)  # it has a change-log row
+        self.em_counts = np.zeros((cap, n_w), _I64)  # the vector of its latest row
+        self.em_means = np.full((cap, n_m), np.nan)
+        self.em_eq = np.full(cap, -1, _I64)
+        self.dirty = np.zeros(cap, np.bool_)  # changed since the last online drain
+        self.odd: list[dict[int, int]] = [{} for _ in plan.means]  # exact sums as Python ints
+        self.pending = np.zeros(0, _I64)  # entities with a change at the clock, not yet final
+        # exits: time -> [(windowed index, entities, values)], and a heap of the times
+        self.exits: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        self.exit_times: list[int] = []
+        # profiles: values of every profile event kept, their equality class, by reference
+        self.profiles: list[Values] = []
+        self.profile_times: list[int] = []
+        self.profile_eq: list[int] = []
+        self.eq_classes: dict[Values, int] = {}
+        self.rows: list[_Rows] = []
+
+    # -- entities --
+
+    def intern(self, ids: list[str]) -> np.ndarray:
+        get = self.index.get
+        out = [get(key, -1) for key in ids]
+        if -1 in out:
+            for i, key in enumerate(ids):
+                if out[i] == -1:
+                    number = get(key)
+                    if number is None:
+                        number = self.index[key] = len(self.ids)
+                        self.ids.append(key)
+                    out[i] = number
+            self._grow(len(self.ids))
+        return np.array(out, dtype=_I64)
+
+    def _grow(self, n: int) -> None:
+        cap = len(self.ref)
+        if n <= cap:
             return
-        self._finalise_pending()
-        due = self.due
-        while due and due[0][0] < t:
-            stamp = due[0][0]
-            keys: dict[EntityKey, None] = {}
-            while due and due[0][0] == stamp:
-                _, name, entity_id = heapq.heappop(due)
-                keys[(name, entity_id)] = None
-            for key in sorted(keys):
-                state = self.entities.get(key)
-                if state is not None:
-                    state.prune(_WINDOWED[key[0]], stamp)
-                    self._record(key, stamp)
-        while due and due[0][0] == t:
-            _, name, entity_id = heapq.heappop(due)
-            key = (name, entity_id)
-            state = self.entities.get(key)
-            if state is not None:
-                state.prune(_WINDOWED[name], t)  # its row comes with the clock's other changes
-            self.pending[key] = None
-            self.dirty[key] = None
-        self.clock = t
+        new = max(n, cap * 2)
+        for name, fill in (
+            ("counts", 0),
+            ("limbs", 0),
+            ("ref", -1),
+            ("ref_time", NEVER),
+            ("stamp", NEVER),
+            ("emitted", False),
+            ("em_counts", 0),
+            ("em_means", np.nan),
+            ("em_eq", -1),
+            ("dirty", False),
+        ):
+            old = getattr(self, name)
+            grown = np.full((new, *old.shape[1:]), fill, dtype=old.dtype)
+            grown[:cap] = old
+            setattr(self, name, grown)
+
+    def _profile(self, event: Event) -> int:
+        values = tuple(getattr(event, name) for _, name in self.plan.last)
+        eq = self.eq_classes.setdefault(values, len(self.eq_classes))
+        self.profiles.append(values)
+        self.profile_times.append(event.event_time)
+        self.profile_eq.append(eq)
+        return len(self.profiles) - 1
+
+    # -- a batch --
+
+    def step(self, up: KindUpdates | None, c0: int, c1: int) -> None:
+        """Apply updates (clocks >= c0) and every exit up to c1; rows before c1 become final."""
+        plan = self.plan
+        n_w, n_m = len(plan.windowed), len(plan.means)
+        parts_ent, parts_at, parts_cnt, parts_val, parts_ref = [], [], [], [], []
+        updated = None
+        if up is not None and len(up):
+            ent = self.intern(up.ids)
+            at = np.maximum(up.clock, c0)
+            n = len(ent)
+            cnt = np.zeros((n, n_w), _I64)
+            val = np.zeros((n, n_m))
+            for wi, w in enumerate(plan.windowed):
+                match = up.etype == w.etype
+                if w.action >= 0:
+                    match &= up.action == w.action
+                exit_at = up.time - up.time % w.hop + w.length + w.hop
+                match &= exit_at > at
+                if not match.any():
+                    continue
+                cnt[match, wi] = 1
+                if w.mean >= 0:
+                    val[match, w.mean] = up.value[match]
+                self._schedule(wi, exit_at[match], ent[match], up.value[match])
+            ref = np.full(n, -1, _I64)
+            for row, event in up.profiles.items():
+                if TYPE_CODE[event.event_type] == plan.last_type:
+                    ref[row] = self._profile(event)
+            parts_ent.append(ent)
+            parts_at.append(at)
+            parts_cnt.append(cnt)
+            parts_val.append(val)
+            parts_ref.append(ref)
+            updated = (ent, at)
+        for at_exit, wi, ents, values in self._due(c1):
+            w = plan.windowed[wi]
+            cnt = np.zeros((len(ents), n_w), _I64)
+            cnt[:, wi] = -1
+            val = np.zeros((len(ents), n_m))
+            if w.mean >= 0:
+                val[:, w.mean] = -values
+            parts_ent.append(ents)
+            parts_at.append(np.full(len(ents), at_exit, _I64))
+            parts_cnt.append(cnt)
+            parts_val.append(val)
+            parts_ref.append(np.full(len(ents), -1, _I64))
+            if at_exit == c1:
+                self.dirty[ents] = True
+        if len(self.pending):
+            k = len(self.pending)
+            parts_ent.append(self.pending)
+            parts_at.append(np.full(k, c0, _I64))
+            parts_cnt.append(np.zeros((k, n_w), _I64))
+            parts_val.append(np.zeros((k, n_m)))
+            parts_ref.append(np.full(k, -1, _I64))
+        if not parts_ent:
+            return
+        ent = np.concatenate(parts_ent)
+        at = np.concatenate(parts_at)
+        order = np.lexsort((at, ent))  # stable: within an instant, stream order
+        self._fold(
+            ent[order],
+            at[order],
+            np.concatenate(parts_cnt)[order],
+            np.concatenate(parts_val)[order],
+            np.concatenate(parts_ref)[order],
+            c1,
+        )
+        if updated is not None:
+            ent, at = updated
+            np.maximum.at(self.stamp, ent, at)
+            self.dirty[ent] = True
+
+    def _fold(
+        self,
+        ent: np.ndarray,
+        at: np.ndarray,
+        cnt: np.ndarray,
+        val: np.ndarray,
+        ref: np.ndarray,
+        c1: int,
+    ) -> None:
+        """Records sorted by (entity, instant): each entity's vector at each of its instants."""
+        plan = self.plan
+        n = len(ent)
+        new_run = np.empty(n, np.bool_)
+        new_run[0] = True
+        np.not_equal(ent[1:], ent[:-1], out=new_run[1:])
+        new_group = new_run.copy()
+        new_group[1:] |= at[1:] != at[:-1]
+        starts = np.flatnonzero(new_group)
+        ends = np.append(starts[1:] - 1, n - 1)
+        g_ent = ent[ends]
+        g_at = at[ends]
+        g_run_start = new_run[starts]
+        run_of_record = np.cumsum(new_run) - 1
+        run_first = np.flatnonzero(new_run)
+        g_run = run_of_record[ends]
+
+        # counts: the state before the batch plus the records up to each group's end
+        csum = np.cumsum(cnt, axis=0)
+        before = np.zeros_like(csum)
+        before[1:] = csum[:-1]
+        g_counts = self.counts[g_ent] + csum[ends] - before[run_first][g_run]
+
+        # exact sums of the means
+        n_m = len(plan.means)
+        g_means = np.full((len(ends), n_m), np.nan)
+        if n_m:
+            limbs, odd = sums.to_limbs(np.abs(val.reshape(-1)))
+            limbs = limbs.reshape(n, n_m, sums.LIMBS) * np.sign(val)[:, :, None].astype(_I64)
+            odd = odd.reshape(n, n_m) & (val != 0)
+            lsum = np.cumsum(limbs, axis=0)
+            lbefore = np.zeros_like(lsum)
+            lbefore[1:] = lsum[:-1]
+            g_limbs = self.limbs[g_ent] + lsum[ends] - lbefore[run_first][g_run]
+            for k, wi in enumerate(plan.means):
+                totals = sums.normalise(g_limbs[:, k, :])
+                count = g_counts[:, wi]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    g_means[:, k] = np.where(count > 0, sums.to_double(totals) / count, np.nan)
+                slow = np.zeros(self.ref.shape[0], np.bool_)
+                slow[ent[odd[:, k]]] = True
+                slow[g_ent[~sums.fits(totals)]] = True
+                for number in self.odd[k]:
+                    slow[number] = True
+                if slow[g_ent].any():
+                    self._exact_means(
+                        k, val[:, k], ends, g_ent, g_counts[:, wi], g_means[:, k], slow
+                    )
+
+        # profiles: the one in force at each group (the state's before the batch, then the
+        # latest by event time among the entity's profile events so far; a tie goes to the later)
+        g_ref = np.full(len(ends), -2, _I64)  # -2: no profile event in the group
+        rs = np.flatnonzero(g_run_start)
+        ref_before = self.ref[g_ent[rs]]
+        if (ref >= 0).any():
+            group_of_record = np.cumsum(new_group) - 1
+            holder: dict[int, tuple[int, int]] = {}
+            times = self.profile_times
+            for r in np.flatnonzero(ref >= 0).tolist():
+                number = int(ent[r])
+                kept = holder.get(number)
+                if kept is None:
+                    kept = (int(self.ref[number]), int(self.ref_time[number]))
+                event_time = times[int(ref[r])]
+                if kept[0] < 0 or kept[1] <= event_time:
+                    kept = (int(ref[r]), event_time)
+                holder[number] = kept
+                g_ref[group_of_record[r]] = kept[0]
+            for number, (held, held_time) in holder.items():
+                self.ref[number] = held
+                self.ref_time[number] = held_time
+        first = g_ref[rs] == -2
+        g_ref[rs[first]] = ref_before[first]
+        filled = np.where(g_ref != -2, np.arange(len(ends)), 0)
+        np.maximum.accumulate(filled, out=filled)
+        g_ref = g_ref[filled]
+        eq_of = np.asarray(self.profile_eq, dtype=_I64)
+        g_eq = np.full(len(ends), -1, _I64)
+        has = g_ref >= 0
+        if has.any():
+            g_eq[has] = eq_of[g_ref[has]]
+
+        # compare each group's vector with the one before it (the state's at a run's start)
+        prev_counts = np.empty_like(g_counts)
+        prev_counts[1:] = g_counts[:-1]
+        prev_means = np.empty_like(g_means)
+        prev_means[1:] = g_means[:-1]
+        prev_eq = np.empty_like(g_eq)
+        prev_eq[1:] = g_eq[:-1]
+        prev_counts[rs] = self.em_counts[g_ent[rs]]
+        prev_means[rs] = self.em_means[g_ent[rs]]
+        prev_eq[rs] = self.em_eq[g_ent[rs]]
+        cols = list(plan.counts)
+        changed = (g_counts[:, cols] != prev_counts[:, cols]).any(axis=1)
+        if n_m:
+            same = (g_means == prev_means) | (np.isnan(g_means) & np.isnan(prev_means))
+            changed |= ~same.all(axis=1)
+        changed |= g_eq != prev_eq
+        changed[rs] |= ~self.emitted[g_ent[rs]]
+        emit = changed & (g_at < c1)
+
+        # the state after the batch: each entity's last group; its last emitted row
+        last = np.append(g_ent[1:] != g_ent[:-1], True)
+        self.counts[g_ent[last]] = g_counts[last]
+        if n_m:
+            self.limbs[g_ent[last]] = g_limbs[last]
+        self.pending = np.unique(g_ent[g_at == c1])
+        rows = np.flatnonzero(emit)
+        if len(rows):
+            r_ent = g_ent[rows]
+            latest = rows[np.append(r_ent[1:] != r_ent[:-1], True)]
+            e = g_ent[latest]
+            self.emitted[e] = True
+            self.em_counts[e] = g_counts[latest]
+            self.em_means[e] = g_means[latest]
+            self.em_eq[e] = g_eq[latest]
+            np.maximum.at(self.stamp, r_ent, g_at[rows])
+            self.dirty[r_ent] = True
+            self.rows.append(_Rows(r_ent, g_at[rows], g_counts[rows], g_means[rows], g_ref[rows]))
+
+    def _exact_means(
+        self,
+        k: int,
+        val: np.ndarray,
+        ends: np.ndarray,
+        g_ent: np.ndarray,
+        g_count: np.ndarray,
+        out: np.ndarray,
+        slow: np.ndarray,
+    ) -> None:
+        """Mean k at the groups of `slow` entities, from exact Python integers (odd values)."""
+        odd = self.odd[k]
+        starts = np.append(0, ends[:-1] + 1)
+        running: dict[int, int] = {}
+        for g in np.flatnonzero(slow[g_ent]).tolist():
+            number = int(g_ent[g])
+            total = running.get(number)
+            if total is None:
+                total = odd.get(number)
+            if total is None:
+                held = sums.normalise(self.limbs[number, k][None].copy())[0]
+                total = sums.limbs_units(held)
+            for x in val[starts[g] : ends[g] + 1].tolist():
+                if x:
+                    total += sums.odd_units(x)
+            running[number] = total
+            count = int(g_count[g])
+            out[g] = sums.odd_double(total) / count if count > 0 else np.nan
+        odd.update(running)
+
+    def _schedule(self, wi: int, exit_at: np.ndarray, ents: np.ndarray, values: np.ndarray) -> None:
+        """Keep the exits of new events, in buckets by exit time."""
+        times, inverse = np.unique(exit_at, return_inverse=True)
+        if len(times) == 1:
+            groups = [(int(times[0]), ents, values)]
+        else:
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.searchsorted(inverse[order], np.arange(1, len(times)))
+            groups = [
+                (int(t), e, v)
+                for t, e, v in zip(
+                    times.tolist(),
+                    np.split(ents[order], bounds),
+                    np.split(values[order], bounds),
+                    strict=True,
+                )
+            ]
+        for t, e, v in groups:
+            bucket = self.exits.get(t)
+            if bucket is None:
+                bucket = self.exits[t] = []
+                heapq.heappush(self.exit_times, t)
+            bucket.append((wi, e, v))
+
+    def _due(self, c1: int) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+        """The exits at or before c1, taken out of the buckets: (time, windowed, ents, values)."""
+        out = []
+        while self.exit_times and self.exit_times[0] <= c1:
+            t = heapq.heappop(self.exit_times)
+            by_feature: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+            for wi, e, v in self.exits.pop(t):
+                by_feature.setdefault(wi, []).append((e, v))
+            for wi, chunks in sorted(by_feature.items()):
+                ents = np.concatenate([e for e, _ in chunks])
+                values = np.concatenate([v for _, v in chunks])
+                out.append((t, wi, ents, values))
+        return out
+
+    # -- reading --
+
+    def vector(self, counts: np.ndarray, means: np.ndarray, ref: int) -> Values:
+        """One entity's values as Python objects, from its columns."""
+        plan = self.plan
+        out: list[Any] = list(plan.empty)
+        for wi, w in enumerate(plan.windowed):
+            if w.mean < 0:
+                out[w.slot] = int(counts[wi])
+            else:
+                mean = float(means[w.mean])
+                out[w.slot] = None if mean != mean else mean
+        if ref >= 0:
+            for (slot, _), value in zip(plan.last, self.profiles[ref], strict=True):
+                out[slot] = value
+        return tuple(out)
+
+    def current(self, number: int) -> Values:
+        """An entity's values at the clock."""
+        plan = self.plan
+        means = np.full(len(plan.means), np.nan)
+        for k, wi in enumerate(plan.means):
+            count = int(self.counts[number, wi])
+            if count <= 0:
+                continue
+            if number in self.odd[k]:
+                means[k] = sums.odd_double(self.odd[k][number]) / count
+            else:
+                total = sums.normalise(self.limbs[number, k][None].copy())
+                means[k] = float(sums.to_double(total)[0]) / count
+        return self.vector(self.counts[number], means, int(self.ref[number]))
+
+    def drain_rows(self) -> list[_Rows]:
+        out, self.rows = self.rows, []
+        return out
+
+    def table(self, parts: list[_Rows]) -> pa.Table:
+        """Final rows as an Arrow table in the entity's change-log schema (`offline_layout`)."""
+        plan = self.plan
+        entity = plan.entity
+        ent = np.concatenate([p.entity for p in parts])
+        stamp = np.concatenate([p.stamp for p in parts])
+        counts = np.concatenate([p.counts for p in parts])
+        means = np.concatenate([p.means for p in parts])
+        refs = np.concatenate([p.refs for p in parts]).tolist()
+        ids = self.ids
+        when = pa.array(stamp, offline_layout.UTC_US)
+        columns: list[Any] = [None] * plan.size
+        for wi, w in enumerate(plan.windowed):
+            if w.mean < 0:
+                columns[w.slot] = pa.array(counts[:, wi], pa.int64())
+            else:
+                mean = means[:, w.mean]
+                columns[w.slot] = pa.array(mean, pa.float64(), mask=np.isnan(mean))
+        specs = features_of(entity)
+        profiles = self.profiles
+        for j, (slot, _) in enumerate(plan.last):
+            values = [None if r < 0 else profiles[r][j] for r in refs]
+            dtype = specs[slot].dtype
+            if dtype is Dtype.TIMESTAMP:
+                values = [None if v is None else offline_layout.floor_seconds(v) for v in values]
+            columns[slot] = pa.array(values, offline_layout.ARROW_TYPES[dtype])
+        days = stamp // offline_layout.DAY_US
+        unique_days, where = np.unique(days, return_inverse=True)
+        names = np.array(
+            [offline_layout.day_of(int(d) * offline_layout.DAY_US) for d in unique_days]
+        )
+        return pa.Table.from_arrays(
+            [
+                pa.array([ids[e] for e in ent.tolist()], pa.string()),
+                when,
+                when,
+                *columns,
+                pa.array(names[where], pa.string()),
+            ],
+            schema=offline_layout.changelog_schema(entity),
+        )
+
+    def drain_online(self) -> list[Change]:
+        """Current values (at the clock) of every entity changed since the last drain."""
+        numbers = np.flatnonzero(self.dirty[: len(self.ids)])
+        self.dirty[numbers] = False
+        name = self.plan.entity.name
+        stamps = self.stamp[numbers].tolist()
+        return [
+            Change(name, self.ids[n], s, self.current(n))
+            for n, s in zip(numbers.tolist(), stamps, strict=True)
+        ]
+
+    def changes_of(self, rows: _Rows) -> list[Change]:
+        name = self.plan.entity.name
+        return [
+            Change(name, self.ids[e], s, self.vector(rows.counts[i], rows.means[i], r))
+            for i, (e, s, r) in enumerate(
+                zip(rows.entity.tolist(), rows.stamp.tolist(), rows.refs.tolist(), strict=True)
+            )
+        ]
+
+
+class ShardEngine:
+    """All the state of one shard of entities, one `KindState` per entity kind."""
+
+    def __init__(self) -> None:
+        self.clock = NEVER
+        self.kinds = {e.name: KindState(_PLANS[e.name]) for e in ENTITIES}
+
+    def step(self, updates: Mapping[str, KindUpdates], tick: int) -> None:
+        """One batch: the updates of each kind, then the clock moves to `tick` (or later)."""
+        c0 = self.clock
+        c1 = max([c0, tick, *(int(u.clock.max()) for u in updates.values() if len(u))])
+        if c1 == c0 and not any(len(u) for u in updates.values()):
+            return
+        for name, state in self.kinds.items():
+            state.step(updates.get(name), c0, c1)
+        self.clock = c1
 
     def finish(self, until: int | None = None) -> None:
         """End of input: move the clock to `until` (if later) and finalise every row.
@@ -272,103 +704,119 @@ class ShardEngine:
         state go on (a stream continuing a backfill), a later event at that same instant is
         stamped one microsecond after it, never rewriting the row already written.
         """
-        if until is not None:
-            self.advance(until)
-        self._finalise_pending()
+        if until is not None and until > self.clock:
+            self.step({}, until)
         if self.clock != NEVER:
-            self.advance(self.clock + 1)
+            self.step({}, self.clock + 1)
+
+    def drain_rows(self) -> dict[str, list[_Rows]]:
+        """Final change-log rows since the last drain, per kind, as columns."""
+        return {name: rows for name, s in self.kinds.items() if (rows := s.drain_rows())}
+
+    def drain_tables(self) -> dict[str, pa.Table]:
+        """Final change-log rows since the last drain, per kind, as change-log tables."""
+        return {name: self.kinds[name].table(rows) for name, rows in self.drain_rows().items()}
 
     def drain_changes(self) -> list[Change]:
-        """Final change-log rows since the last drain, in stamp order."""
-        out, self.changes = self.changes, []
+        """Final change-log rows since the last drain, in (stamp, kind, id) order."""
+        out = []
+        for name, rows in self.drain_rows().items():
+            for part in rows:
+                out += self.kinds[name].changes_of(part)
+        kind_order = {e.name: i for i, e in enumerate(ENTITIES)}
+        out.sort(key=lambda c: (c.stamp, kind_order[c.entity], c.entity_id))
         return out
 
     def drain_online(self) -> list[Change]:
         """Current values (at the clock) of every entity changed since the last drain."""
         out = []
-        for key in self.dirty:
-            state = self.entities[key]
-            name, entity_id = key
-            out.append(Change(name, entity_id, state.stamp, state.read()))
-        self.dirty = {}
+        for state in self.kinds.values():
+            out += state.drain_online()
         return out
 
     def value(self, entity: Entity, entity_id: str) -> Values | None:
         """An entity's values at the clock (None if it has no state)."""
-        state = self.entities.get((entity.name, entity_id))
-        if state is None:
-            return None
-        state.prune(_WINDOWED[entity.name], self.clock)
-        return state.read()
-
-    def _finalise_pending(self) -> None:
-        for key in self.pending:
-            self._record(key, self.clock)
-        self.pending = {}
-
-    def _record(self, key: EntityKey, stamp: int) -> None:
-        """Write the entity's row at `stamp` if its values changed (its tiles are pruned to it:
-        every tile leaves at a boundary, and `advance` prunes at each boundary it replays)."""
-        state = self.entities.get(key)
-        if state is None:
-            return
-        values = state.read()
-        if values != state.emitted:
-            change = Change(key[0], key[1], stamp, values)
-            self.changes.append(change)
-            state.emitted = values
-            state.stamp = stamp
-            self.dirty[key] = None
+        state = self.kinds[entity.name]
+        number = state.index.get(entity_id)
+        return None if number is None else state.current(number)
 
 
 @dataclass
 class Sequencer:
     """The stream's order: drops repeated event ids, rejects late events, keeps the clock.
 
-    Event ids are remembered only while a repeat could still be admitted: a repeat older than the
-    allowed lateness is rejected as late anyway.
+    An event id is remembered while a repeat could still be admitted (its time within the
+    allowed lateness of the clock); a repeat older than that is rejected as late anyway.
     """
 
     lateness_us: int
     clock: int = NEVER
     seen: dict[str, int] = field(default_factory=dict)
-    _expiry: list[tuple[int, str]] = field(default_factory=list)
     duplicates: int = 0
+    # ids admitted, per batch, sorted by event time: what to forget as the clock moves
+    _expiry: list[tuple[list[int], list[str]]] = field(default_factory=list)
 
     def admit(self, event: Event) -> str | None:
         """None if the event is admitted (and the clock moved), else why not."""
-        if event.event_id in self.seen:
-            self.duplicates += 1
-            return "duplicate"
-        if event.event_time < self.clock - self.lateness_us:
-            return "late"
-        if event.event_time > self.clock:
-            self.clock = event.event_time
-            self._forget(self.clock - self.lateness_us)
-        self.seen[event.event_id] = event.event_time
-        heapq.heappush(self._expiry, (event.event_time, event.event_id))
-        return None
+        _, _, rejected = self.admit_batch([event.event_id], [event.event_time])
+        return rejected[0][1] if rejected else None
 
-    def _forget(self, before: int) -> None:
-        expiry = self._expiry
-        while expiry and expiry[0][0] < before:
-            _, event_id = heapq.heappop(expiry)
-            del self.seen[event_id]
+    def admit_batch(
+        self, ids: Sequence[str], times: Sequence[int]
+    ) -> tuple[list[int], list[int], list[tuple[int, str]]]:
+        """Admitted rows, the clock after each, and the rows rejected with why."""
+        clock = self.clock
+        lateness = self.lateness_us
+        seen = self.seen
+        rows: list[int] = []
+        clocks: list[int] = []
+        rejected: list[tuple[int, str]] = []
+        duplicates = 0
+        for row, (event_id, t) in enumerate(zip(ids, times, strict=True)):
+            prior = seen.get(event_id)
+            if prior is not None and prior >= clock - lateness:
+                rejected.append((row, "duplicate"))
+                duplicates += 1
+                continue
+            if t < clock - lateness:
+                rejected.append((row, "late"))
+                continue
+            if t > clock:
+                clock = t
+            seen[event_id] = t
+            rows.append(row)
+            clocks.append(clock)
+        self.duplicates += duplicates
+        self.clock = clock
+        if rows:
+            pairs = sorted((times[r], ids[r]) for r in rows)
+            self._expiry.append(([t for t, _ in pairs], [i for _, i in pairs]))
+        self._forget(clock - lateness)
+        return rows, clocks, rejected
 
-
-def empty_values(entity: Entity) -> Values:
-    """An entity's values over no events (counts 0, everything else null)."""
-    return _EMPTY[entity.name]
+    def _forget(self, horizon: int) -> None:
+        """Forget the ids whose time is before `horizon`: a repeat of one is late."""
+        kept = []
+        seen = self.seen
+        for times, ids in self._expiry:
+            gone = bisect.bisect_left(times, horizon)
+            for t, event_id in zip(times[:gone], ids[:gone], strict=True):
+                if seen.get(event_id) == t:
+                    del seen[event_id]
+            if gone < len(times):
+                kept.append((times[gone:], ids[gone:]) if gone else (times, ids))
+        self._expiry = kept
 
 
 __all__ = [
-    "FEATURES",
     "Change",
-    "EntityState",
+    "concat_updates",
+    "KindUpdates",
     "Sequencer",
     "ShardEngine",
-    "Tick",
-    "Update",
     "empty_values",
+    "kinds_of",
+    "last_type",
     "route",
+    "updates_from_events",
 ]

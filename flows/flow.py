@@ -1,11 +1,17 @@
 """The feature flow: one dataflow, two sources (a file for backfill, the event bus for stream).
 
-source ─ parse ─ sequence (one key) ─┬─ aggregate (N shards) ─┬─ Redis (update)
-                                     │                        └─ Delta change log (append)
-                                     └─ dead letters ─ Delta dead-letter table
+source ─ spread ─ parse ─ sequence (one key) ─┬─ aggregate (N shards) ─┬─ Redis (update)
+                                              │                        └─ Delta change log
+                                              └─ dead letters ─ Delta dead-letter table
+
+Every item is a batch of events as columns. Parsing runs on every worker; the sequencer is the one
+ordered step and does only what must be ordered (repeats, lateness, the clock) with a few array
+operations a batch; the shards and the change-log writers each run on the worker that owns them.
 """
 
 from __future__ import annotations
+
+import functools
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
@@ -29,6 +35,7 @@ def build_flow(
     recoverable: bool = False,
     fresh_online: bool = True,
     flow_id: str = "bestmatch_features",
+    writers: int = 1,
 ) -> Dataflow:
     """The dataflow, with sinks writing to the stores `settings` names.
 
@@ -40,7 +47,8 @@ def build_flow(
     # Each source has its own step id, so a stream resumed from a backfill's checkpoint starts
     # its own source afresh while the sequencer and shards continue.
     raw = op.input(source_step_id(source), flow, source)
-    parsed = op.map("parse_events", raw, parse_batch)
+    spread = op.redistribute("spread_batches", raw)
+    parsed = op.map("parse_events", spread, functools.partial(parse_batch, shards=shards))
     keyed = op.key_on("order_events", parsed, lambda _: "sequence")
     sequenced = op.stateful_batch(
         "sequence_events",
@@ -58,8 +66,8 @@ def build_flow(
     op.output("write_online", changes, OnlineSink(settings))
     op.output(
         "write_changelog",
-        op.key_on("route_changelog", changes, lambda _: "changelog"),
-        ChangelogSink(settings, trigger_s=trigger_s),
+        op.key_on("route_changelog", changes, lambda out: f"writer-{int(out.shard) % writers}"),
+        ChangelogSink(settings, trigger_s=trigger_s, writers=writers),
     )
     op.output(
         "write_dead_letters",
@@ -78,4 +86,4 @@ def _dead_letters(out: SequencerOutput) -> list:
 
 
 def _shard_work(out: SequencerOutput) -> list:
-    return [w for w in out.work if w.items]
+    return out.work

@@ -22,6 +22,7 @@ from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from features.errors import FlowError
+from features.offline_layout import create_changelog_tables
 from features.settings import Settings
 from flows.flow import DEFAULT_SHARDS, build_flow
 from flows.sources import JsonlSource, RedisStreamSource
@@ -51,7 +52,7 @@ def run_backfill(
     workers: int = 1,
     processes: int = 1,
     shards: int = DEFAULT_SHARDS,
-    batch_size: int = 2000,
+    batch_size: int = 20_000,
     checkpoint: bool = True,
 ) -> None:
     """All events of a file, then the clock moves to `until` (default: the newest event time).
@@ -96,6 +97,7 @@ def _launch(
     settings: Settings, mode: str, options: dict[str, Any], workers: int, processes: int
 ) -> None:
     """Run the flow in this process, or as a cluster of `processes` local processes."""
+    create_changelog_tables(settings)  # once, before writers in several processes start
     if processes <= 1:
         _execute(settings, mode, options, workers, None, None)
         return
@@ -144,6 +146,7 @@ def _execute(
             trigger_s=3600.0,
             recoverable=options["checkpoint"],
             fresh_online=False,
+            writers=workers * len(addresses or [None]),
         )
         epoch = timedelta(days=365)
         if not options["checkpoint"]:
@@ -156,6 +159,7 @@ def _execute(
             shards=options["shards"],
             trigger_s=options["trigger_s"],
             recoverable=True,
+            writers=workers * len(addresses or [None]),
         )
         epoch = timedelta(seconds=options["epoch_s"])
     cli_main(

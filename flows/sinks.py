@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 from bytewax.outputs import (
     DynamicSink,
@@ -72,7 +72,7 @@ class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
         self._lanes = {
             e.name: _Lanes(offline_layout.changelog_uri(settings, e), None) for e in ENTITIES
         }
-        self._rows: dict[str, list[tuple[str, int, Any]]] = defaultdict(list)
+        self._tables: dict[str, list[pa.Table]] = defaultdict(list)
         self._marks: dict[str, dict[str, int]] = defaultdict(dict)
         self._buffered = 0
         self._trigger_s = trigger_s
@@ -82,13 +82,18 @@ class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
     def write_batch(self, values: list[ShardOutput]) -> None:
         for out in values:
             lane = f"shard-{out.shard}"
-            for change in out.changes:
-                lanes = self._lanes[change.entity]
-                if change.stamp <= lanes.mark(lane):
+            for name, table in out.tables.items():
+                lanes = self._lanes[name]
+                stamps = table.column(offline_layout.TIMESTAMP_COLUMN).cast(pa.int64())
+                newest = pc.max(stamps).as_py()
+                mark = lanes.mark(lane)
+                if newest <= mark:
                     continue  # already committed by an earlier run
-                self._rows[change.entity].append((change.entity_id, change.stamp, change.values))
-                self._marks[change.entity][lane] = change.stamp
-                self._buffered += 1
+                if pc.min(stamps).as_py() <= mark:
+                    table = table.filter(pc.greater(stamps, mark))
+                self._tables[name].append(table)
+                self._marks[name][lane] = newest
+                self._buffered += table.num_rows
         if (
             self._buffered >= self._max_rows
             or time.monotonic() - self._last_flush >= self._trigger_s
@@ -99,15 +104,15 @@ class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
         # Take the buffer before committing: if a commit is interrupted (Ctrl-C lands here),
         # `close` must not commit the same rows again. Rows of a commit that never happened are
         # replayed from the last epoch on restart, and the marks keep out what did commit.
-        buffered, marks = self._rows, self._marks
-        self._rows, self._marks = defaultdict(list), defaultdict(dict)
+        buffered, marks = self._tables, self._marks
+        self._tables, self._marks = defaultdict(list), defaultdict(dict)
         self._buffered = 0
         self._last_flush = time.monotonic()
-        for name, rows in buffered.items():
-            if rows:
-                table = offline_layout.changelog_table(_ENTITY[name], rows)
+        for name, tables in buffered.items():
+            if tables:
+                table = pa.concat_tables(tables)
                 self._lanes[name].commit(table, marks[name], [offline_layout.PARTITION_COLUMN])
-                METRICS.changes.inc(len(rows))
+                METRICS.changes.inc(table.num_rows)
 
     def snapshot(self) -> None:
         # An epoch ends: everything before it must be durable before Bytewax records the epoch.
@@ -118,15 +123,19 @@ class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
 
 
 class ChangelogSink(FixedPartitionedSink[ShardOutput, None]):
-    """The offline store: append each entity's change-log rows to its Delta table."""
+    """The offline store: append each entity's change-log rows to its Delta table, through
+    `writers` partitions that each commit the rows of their own shards."""
 
-    def __init__(self, settings: Settings, trigger_s: float = 0.0, max_rows: int = 500_000):
+    def __init__(
+        self, settings: Settings, trigger_s: float = 0.0, max_rows: int = 500_000, writers: int = 1
+    ):
         self.settings = settings
         self.trigger_s = trigger_s
         self.max_rows = max_rows
+        self.writers = writers
 
     def list_parts(self) -> list[str]:
-        return ["changelog"]
+        return [f"writer-{i}" for i in range(self.writers)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ChangelogPartition:
         # deltalake imports pandas on a first write: do it now, not while a stream is waiting

@@ -5,32 +5,36 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.engine import Change, Sequencer, ShardEngine, Tick, Update, empty_values, route
+from features.engine import Change, Sequencer, ShardEngine, empty_values, updates_from_events
 from features.events import Event, ProposalSubmitted, parse_time
-from features.specs import FEATURES_BY_NAME, FREELANCER, MINUTE_US, features_of
+from features.specs import ENTITIES, FEATURES_BY_NAME, FREELANCER, MINUTE_US, features_of
 from tests import oracle
 from tests.streams import ordered_streams, shuffled_streams
 
 LATENESS = 5 * MINUTE_US
 
 
+def step(engine: ShardEngine, sequencer: Sequencer, events: list[Event]) -> None:
+    """One batch the way the flow works it: admitted by the sequencer, then one engine step
+    whose clock ends at the sequencer's."""
+    rows, clocks, _ = sequencer.admit_batch(
+        [e.event_id for e in events], [e.event_time for e in events]
+    )
+    admitted = [events[r] for r in rows]
+    engine.step(
+        {k.name: updates_from_events(k, admitted, clocks) for k in ENTITIES}, sequencer.clock
+    )
+
+
 def run(
     events: list[Event], until: int | None = None, batch: int = 7
 ) -> tuple[list[Change], ShardEngine, list[list[Change]]]:
-    """Drive one shard the way the flow does: sequencer, updates, a tick after every batch."""
+    """Drive one shard the way the flow does: a sequencer and an engine step per batch."""
     sequencer = Sequencer(LATENESS)
     engine = ShardEngine()
     online = []
     for start in range(0, len(events), batch):
-        items: list[Update | Tick] = []
-        for event in events[start : start + batch]:
-            if sequencer.admit(event) is None:
-                items += [
-                    Update(name, entity_id, event, sequencer.clock)
-                    for name, entity_id in route(event)
-                ]
-        items.append(Tick(sequencer.clock))
-        engine.process(items)
+        step(engine, sequencer, events[start : start + batch])
         online.append(engine.drain_online())
     engine.finish(until)
     online.append(engine.drain_online())
@@ -139,12 +143,7 @@ def test_online_values_after_every_batch_equal_oracle(events: list[Event], batch
     sequencer = Sequencer(LATENESS)
     engine = ShardEngine()
     for start in range(0, len(events), batch):
-        items: list[Update | Tick] = []
-        for event in events[start : start + batch]:
-            if sequencer.admit(event) is None:
-                items += [Update(n, i, event, sequencer.clock) for n, i in route(event)]
-        items.append(Tick(sequencer.clock))
-        engine.process(items)
+        step(engine, sequencer, events[start : start + batch])
         so_far = events[: start + batch]
         for change in engine.drain_online():
             entity = next(e for e, _ in oracle.entity_ids(so_far) if e.name == change.entity)
@@ -158,14 +157,12 @@ def test_an_instant_closed_by_finish_is_never_rewritten() -> None:
     engine = ShardEngine()
     sequencer = Sequencer(LATENESS)
     first, second = proposal(1, at_end), proposal(2, at_end)
-    for event in (first,):
-        assert sequencer.admit(event) is None
-        engine.process([Update(n, i, event, sequencer.clock) for n, i in route(event)])
+    step(engine, sequencer, [first])
     engine.finish(None)
     written = engine.drain_changes()
     assert {c.stamp for c in written} == {at(at_end)}
-    assert sequencer.admit(second) is None
-    engine.process([Update(n, i, second, sequencer.clock) for n, i in route(second)])
+    step(engine, sequencer, [second])
+    assert sequencer.clock == at(at_end)
     engine.finish(None)
     later = engine.drain_changes()
     assert {c.stamp for c in later} == {at(at_end) + 1}
