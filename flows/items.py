@@ -18,12 +18,17 @@ from features.events import Rejection
 
 @dataclass(frozen=True, slots=True)
 class RawBatch:
-    """Consecutive raw events from one source partition; `positions[i]` orders `lines[i]`."""
+    """Consecutive raw events from one source partition; `positions[i]` orders `lines[i]`.
+
+    `number` counts the partition's items (batches and ends) from 0, and resumes with the
+    source: batches are parsed on any worker, and the sequencer takes them in this order.
+    """
 
     partition: str
     positions: list[int]
     lines: list[bytes]
     published_ms: int | None = None  # when the oldest event reached the bus (streams only)
+    number: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,8 @@ class End:
     """The source has no more events: move the clock to `until` (None: the newest event time)."""
 
     until: int | None
+    partition: str = ""
+    number: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,7 @@ class ParsedBatch:
     shards: dict[str, np.ndarray]
     seen_us: int
     published_ms: int | None = None
+    number: int = 0
 
     def line(self, i: int) -> str:
         return self.raw[self.offsets[i] : self.offsets[i + 1]].decode("utf-8", "replace")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,7 @@ def parse_batch(batch: RawBatch | End, shards: int) -> ParsedBatch | End:
         kinds,
         time.time_ns() // 1000,
         batch.published_ms,
+        batch.number,
     )
 
 
@@ -87,16 +89,43 @@ def _kind_updates(
     )
 
 
-class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Sequencer]):
-    """The one ordered step: de-duplicates, rejects late events, stamps the clock, routes."""
+@dataclass
+class Ordered:
+    """The sequencer's state: the engine's `Sequencer`, and per source partition the number of
+    the next item to take and the items that came before their turn."""
+
+    sequencer: Sequencer
+    next_number: dict[str, int] = field(default_factory=dict)
+    early: dict[str, dict[int, ParsedBatch | End]] = field(default_factory=dict)
+
+    def in_order(self, items: list[ParsedBatch | End]) -> list[ParsedBatch | End]:
+        """The items whose turn has come, in their partitions' order."""
+        out = []
+        for item in items:
+            self.early.setdefault(item.partition, {})[item.number] = item
+        for partition, held in self.early.items():
+            number = self.next_number.get(partition, 0)
+            while number in held:
+                out.append(held.pop(number))
+                number += 1
+            self.next_number[partition] = number
+        return out
+
+
+class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
+    """The one ordered step: de-duplicates, rejects late events, stamps the clock, routes.
+
+    Batches are parsed on every worker, so they may arrive out of their source's order; each
+    partition's items are taken in the order the source numbered them."""
 
     def __init__(self, shards: int, lateness_us: int, recoverable: bool, state: Any):
         self.shards = [str(i) for i in range(shards)]
-        self.state = _thawed(state) if state is not None else Sequencer(lateness_us)
+        self.state = _thawed(state) if state is not None else Ordered(Sequencer(lateness_us))
         self.recoverable = recoverable
 
     def on_batch(self, values: list[ParsedBatch | End]) -> tuple[list[SequencerOutput], bool]:
-        seq = self.state
+        seq = self.state.sequencer
+        values = self.state.in_order(values)
         segments: list[list[Segment]] = [[Segment()] for _ in self.shards]
         dead: list[DeadLetter] = []
         for batch in values:
@@ -134,7 +163,9 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Sequencer]
                     batch.seen_us,
                 )
             )
-        rows, clocks, rejected = self.state.admit_batch(events.event_id, events.event_time.tolist())
+        rows, clocks, rejected = self.state.sequencer.admit_batch(
+            events.event_id, events.event_time.tolist()
+        )
         for row, why in rejected:
             if why == "late":
                 line = int(events.line[row])
@@ -172,7 +203,7 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Sequencer]
                 own = segments[int(shard[start])][-1]
                 own.updates.setdefault(kind.name, []).append(part)
 
-    def snapshot(self) -> bytes | Sequencer:
+    def snapshot(self) -> bytes | Ordered:
         return _frozen(self.state) if self.recoverable else self.state
 
 

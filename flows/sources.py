@@ -19,38 +19,44 @@ from features.bus import EVENT_FIELD, open_events
 from flows.items import End, RawBatch
 
 
-class _FilePartition(StatefulSourcePartition[RawBatch | End, int]):
-    def __init__(self, path: Path, batch_size: int, until: int | None, resume: int | None):
+class _FilePartition(StatefulSourcePartition[RawBatch | End, tuple[int, int]]):
+    def __init__(
+        self, path: Path, batch_size: int, until: int | None, resume: tuple[int, int] | None
+    ):
         self._file = open_events(path)
         self._line = 0
+        self._number = 0
         self._batch_size = batch_size
         self._until = until
         self._done = False
         if resume is not None:  # skip what an earlier run already read
-            for _ in range(resume):
+            line, self._number = resume
+            for _ in range(line):
                 self._file.readline()
-            self._line = resume
+            self._line = line
 
     def next_batch(self) -> Iterable[RawBatch | End]:
         if self._done:
             raise StopIteration
         lines = self._file.readlines(self._batch_size * 400)
+        number = self._number
+        self._number += 1
         if not lines:
             self._done = True
-            return [End(self._until)]
+            return [End(self._until, "file", number)]
         start = self._line
         self._line += len(lines)
         kept = [(start + i, line.rstrip(b"\r\n")) for i, line in enumerate(lines) if line.strip()]
-        return [RawBatch("file", [p for p, _ in kept], [line for _, line in kept])]
+        return [RawBatch("file", [p for p, _ in kept], [line for _, line in kept], None, number)]
 
-    def snapshot(self) -> int:
-        return self._line
+    def snapshot(self) -> tuple[int, int]:
+        return self._line, self._number
 
     def close(self) -> None:
         self._file.close()
 
 
-class JsonlSource(FixedPartitionedSource[RawBatch | End, int]):
+class JsonlSource(FixedPartitionedSource[RawBatch | End, tuple[int, int]]):
     """A JSON Lines file (gzip if it ends in .gz), then an `End(until)`."""
 
     def __init__(self, path: Path, batch_size: int = 2000, until: int | None = None):
@@ -61,7 +67,9 @@ class JsonlSource(FixedPartitionedSource[RawBatch | End, int]):
     def list_parts(self) -> list[str]:
         return ["file"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
+    ) -> _FilePartition:
         return _FilePartition(self.path, self.batch_size, self.until, resume_state)
 
 
@@ -71,7 +79,7 @@ def entry_position(entry_id: bytes) -> int:
     return int(ms) * 1_000_000 + int(seq or 0)
 
 
-class _StreamPartition(StatefulSourcePartition[RawBatch | End, str]):
+class _StreamPartition(StatefulSourcePartition[RawBatch | End, tuple[str, int]]):
     def __init__(
         self,
         url: str,
@@ -79,11 +87,11 @@ class _StreamPartition(StatefulSourcePartition[RawBatch | End, str]):
         batch_size: int,
         poll: timedelta,
         close_after: timedelta | None,
-        resume: str | None,
+        resume: tuple[str, int] | None,
     ):
         self._client = redis.Redis.from_url(url)
         self._key = key
-        self._last = resume or "0-0"
+        self._last, self._number = resume or ("0-0", 0)
         self._batch_size = batch_size
         self._poll = poll
         self._close_after_s = None if close_after is None else close_after.total_seconds()
@@ -101,7 +109,9 @@ class _StreamPartition(StatefulSourcePartition[RawBatch | End, str]):
         positions = [entry_position(entry_id) for entry_id, _ in entries]
         lines = [fields.get(EVENT_FIELD, b"") for _, fields in entries]
         self._open_since = time.monotonic()
-        return [RawBatch(self._key, positions, lines, positions[0] // 1_000_000)]
+        self._number += 1
+        published = positions[0] // 1_000_000
+        return [RawBatch(self._key, positions, lines, published, self._number - 1)]
 
     def _quiet(self) -> list[RawBatch | End]:
         """After `close_after` without a new event, one `End(None)`: the flow closes the current
@@ -111,19 +121,20 @@ class _StreamPartition(StatefulSourcePartition[RawBatch | End, str]):
         if time.monotonic() - self._open_since < self._close_after_s:
             return []
         self._open_since = None
-        return [End(None)]
+        self._number += 1
+        return [End(None, self._key, self._number - 1)]
 
     def next_awake(self) -> datetime | None:
         return self._awake
 
-    def snapshot(self) -> str:
-        return self._last
+    def snapshot(self) -> tuple[str, int]:
+        return self._last, self._number
 
     def close(self) -> None:
         self._client.close()
 
 
-class RedisStreamSource(FixedPartitionedSource[RawBatch | End, str]):
+class RedisStreamSource(FixedPartitionedSource[RawBatch | End, tuple[str, int]]):
     """Redis Streams, one partition per stream key, resumed from the last entry id read.
 
     A stream that goes quiet for `close_after` (wall clock) emits one `End(None)`: the flow then
@@ -150,7 +161,9 @@ class RedisStreamSource(FixedPartitionedSource[RawBatch | End, str]):
     def list_parts(self) -> list[str]:
         return list(self.keys)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: str | None) -> _StreamPartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: tuple[str, int] | None
+    ) -> _StreamPartition:
         return _StreamPartition(
             self.url, for_part, self.batch_size, self.poll, self.close_after, resume_state
         )
