@@ -251,17 +251,35 @@ class KindState:
         self.em_means = np.full((cap, n_m), np.nan)
         self.em_eq = np.full(cap, -1, _I64)
         self.dirty = np.zeros(cap, np.bool_)  # changed since the last online drain
+        self.touched = np.zeros(cap, np.bool_)  # changed since the last `export_delta`
         self.odd: list[dict[int, int]] = [{} for _ in plan.means]  # exact sums as Python ints
         self.pending = np.zeros(0, _I64)  # entities with a change at the clock, not yet final
-        # exits: time -> [(windowed index, entities, values)], and a heap of the times
-        self.exits: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
-        self.exit_times: list[int] = []
+        # exits: chunks (first exit time, number, windowed index, exit times sorted, entities,
+        # values) in a heap by first exit time; a chunk holds one batch's exits of one feature
+        self.exits: list[tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.chunks_made = 0
+        self.new_chunks: list[tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._ids_exported = 0
+        self._profiles_exported = 0
+        self._odd_changed: set[tuple[int, int]] = set()
         # profiles: values of every profile event kept, their equality class, by reference
         self.profiles: list[Values] = []
         self.profile_times: list[int] = []
         self.profile_eq: list[int] = []
         self.eq_classes: dict[Values, int] = {}
         self.rows: list[_Rows] = []
+        specs = features_of(plan.entity)
+        self._last_names = [specs[slot].name for slot, _ in plan.last]
+        self._last_schema = pa.schema(
+            [
+                (specs[slot].name, offline_layout.ARROW_TYPES[specs[slot].dtype])
+                for slot, _ in plan.last
+            ]
+        )
+        self.profile_chunks: list[pa.RecordBatch] = []
+        self._profile_table: pa.Table | None = None
+        self.id_column = np.empty(16, dtype=object)  # `ids` as a column, for tables
+        self._ids_in_column = 0
 
     # -- entities --
 
@@ -277,6 +295,14 @@ class KindState:
                         self.ids.append(key)
                     out[i] = number
             self._grow(len(self.ids))
+            column = self.id_column
+            if len(column) < len(self.ref):
+                grown = np.empty(len(self.ref), dtype=object)
+                grown[: len(column)] = column
+                self.id_column = column = grown
+            known = self._ids_in_column
+            column[known : len(self.ids)] = self.ids[known:]
+            self._ids_in_column = len(self.ids)
         return np.array(out, dtype=_I64)
 
     def _grow(self, n: int) -> None:
@@ -295,6 +321,7 @@ class KindState:
             ("em_means", np.nan),
             ("em_eq", -1),
             ("dirty", False),
+            ("touched", False),
         ):
             old = getattr(self, name)
             grown = np.full((new, *old.shape[1:]), fill, dtype=old.dtype)
@@ -308,6 +335,29 @@ class KindState:
         self.profile_times.append(event.event_time)
         self.profile_eq.append(eq)
         return len(self.profiles) - 1
+
+    def _keep_columns(self, first: int) -> None:
+        """The profiles from `first` on as Arrow columns too, for change-log tables."""
+        specs = features_of(self.plan.entity)
+        kept = self.profiles[first:]
+        arrays = []
+        for j, (slot, _) in enumerate(self.plan.last):
+            dtype = specs[slot].dtype
+            values = [p[j] for p in kept]
+            if dtype is Dtype.TIMESTAMP:
+                values = [None if v is None else offline_layout.floor_seconds(v) for v in values]
+            arrays.append(pa.array(values, offline_layout.ARROW_TYPES[dtype]))
+        self.profile_chunks.append(pa.RecordBatch.from_arrays(arrays, names=self._last_names))
+        self._profile_table = None
+
+    def _profile_columns(self) -> pa.Table:
+        if self._profile_table is None:
+            table = pa.Table.from_batches(self.profile_chunks, schema=self._last_schema)
+            if len(self.profile_chunks) > 32:  # take() from few chunks
+                table = table.combine_chunks()
+                self.profile_chunks = table.to_batches()
+            self._profile_table = table
+        return self._profile_table
 
     # -- a batch --
 
@@ -336,29 +386,34 @@ class KindState:
                     val[match, w.mean] = up.value[match]
                 self._schedule(wi, exit_at[match], ent[match], up.value[match])
             ref = np.full(n, -1, _I64)
+            first = len(self.profiles)
             for row, event in up.profiles.items():
                 if TYPE_CODE[event.event_type] == plan.last_type:
                     ref[row] = self._profile(event)
+            if len(self.profiles) > first:
+                self._keep_columns(first)
             parts_ent.append(ent)
             parts_at.append(at)
             parts_cnt.append(cnt)
             parts_val.append(val)
             parts_ref.append(ref)
             updated = (ent, at)
-        for at_exit, wi, ents, values in self._due(c1):
-            w = plan.windowed[wi]
-            cnt = np.zeros((len(ents), n_w), _I64)
-            cnt[:, wi] = -1
-            val = np.zeros((len(ents), n_m))
-            if w.mean >= 0:
-                val[:, w.mean] = -values
+        due = self._due(c1)
+        if due is not None:
+            wis, at_exit, ents, values = due
+            k = len(ents)
+            cnt = np.zeros((k, n_w), _I64)
+            cnt[np.arange(k), wis] = -1
+            val = np.zeros((k, n_m))
+            for wi in plan.means:
+                mine = wis == wi
+                val[mine, plan.windowed[wi].mean] = -values[mine]
             parts_ent.append(ents)
-            parts_at.append(np.full(len(ents), at_exit, _I64))
+            parts_at.append(at_exit)
             parts_cnt.append(cnt)
             parts_val.append(val)
-            parts_ref.append(np.full(len(ents), -1, _I64))
-            if at_exit == c1:
-                self.dirty[ents] = True
+            parts_ref.append(np.full(k, -1, _I64))
+            self.dirty[ents[at_exit == c1]] = True
         if len(self.pending):
             k = len(self.pending)
             parts_ent.append(self.pending)
@@ -496,6 +551,7 @@ class KindState:
 
         # the state after the batch: each entity's last group; its last emitted row
         last = np.append(g_ent[1:] != g_ent[:-1], True)
+        self.touched[g_ent] = True
         self.counts[g_ent[last]] = g_counts[last]
         if n_m:
             self.limbs[g_ent[last]] = g_limbs[last]
@@ -542,80 +598,165 @@ class KindState:
             count = int(g_count[g])
             out[g] = sums.odd_double(total) / count if count > 0 else np.nan
         odd.update(running)
+        self._odd_changed.update((k, number) for number in running)
 
     def _schedule(self, wi: int, exit_at: np.ndarray, ents: np.ndarray, values: np.ndarray) -> None:
-        """Keep the exits of new events, in buckets by exit time."""
-        times, inverse = np.unique(exit_at, return_inverse=True)
-        if len(times) == 1:
-            groups = [(int(times[0]), ents, values)]
-        else:
-            order = np.argsort(inverse, kind="stable")
-            bounds = np.searchsorted(inverse[order], np.arange(1, len(times)))
-            groups = [
-                (int(t), e, v)
-                for t, e, v in zip(
-                    times.tolist(),
-                    np.split(ents[order], bounds),
-                    np.split(values[order], bounds),
-                    strict=True,
-                )
-            ]
-        for t, e, v in groups:
-            bucket = self.exits.get(t)
-            if bucket is None:
-                bucket = self.exits[t] = []
-                heapq.heappush(self.exit_times, t)
-            bucket.append((wi, e, v))
+        """Keep the exits of new events: one chunk, sorted by exit time."""
+        order = np.argsort(exit_at, kind="stable")
+        exit_at = exit_at[order]
+        self.chunks_made += 1
+        chunk = (int(exit_at[0]), self.chunks_made, wi, exit_at, ents[order], values[order])
+        heapq.heappush(self.exits, chunk)
+        self.new_chunks.append(chunk)
 
-    def _due(self, c1: int) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
-        """The exits at or before c1, taken out of the buckets: (time, windowed, ents, values)."""
-        out = []
-        while self.exit_times and self.exit_times[0] <= c1:
-            t = heapq.heappop(self.exit_times)
-            by_feature: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-            for wi, e, v in self.exits.pop(t):
-                by_feature.setdefault(wi, []).append((e, v))
-            for wi, chunks in sorted(by_feature.items()):
-                ents = np.concatenate([e for e, _ in chunks])
-                values = np.concatenate([v for _, v in chunks])
-                out.append((t, wi, ents, values))
-        return out
+    def _due(self, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """The exits at or before c1, taken out: (windowed index, time, entity, value) columns."""
+        taken = []
+        exits = self.exits
+        while exits and exits[0][0] <= c1:
+            _, _, wi, times, ents, values = heapq.heappop(exits)
+            cut = int(np.searchsorted(times, c1, side="right"))
+            taken.append((wi, times[:cut], ents[:cut], values[:cut]))
+            if cut < len(times):
+                self.chunks_made += 1
+                rest = (int(times[cut]), self.chunks_made, wi, times[cut:], ents[cut:])
+                heapq.heappush(exits, (*rest, values[cut:]))
+        if not taken:
+            return None
+        return (
+            np.concatenate([np.full(len(t), wi, np.int64) for wi, t, _, _ in taken]),
+            np.concatenate([t for _, t, _, _ in taken]),
+            np.concatenate([e for _, _, e, _ in taken]),
+            np.concatenate([v for _, _, _, v in taken]),
+        )
 
     # -- reading --
 
-    def vector(self, counts: np.ndarray, means: np.ndarray, ref: int) -> Values:
-        """One entity's values as Python objects, from its columns."""
+    def vectors(self, counts: np.ndarray, means: np.ndarray, refs: np.ndarray) -> list[Values]:
+        """Entities' values as Python objects, from their columns (one row each)."""
         plan = self.plan
-        out: list[Any] = list(plan.empty)
+        n = len(refs)
+        columns: list[list[Any]] = [[value] * n for value in plan.empty]
         for wi, w in enumerate(plan.windowed):
             if w.mean < 0:
-                out[w.slot] = int(counts[wi])
+                columns[w.slot] = counts[:, wi].tolist()
             else:
-                mean = float(means[w.mean])
-                out[w.slot] = None if mean != mean else mean
-        if ref >= 0:
-            for (slot, _), value in zip(plan.last, self.profiles[ref], strict=True):
-                out[slot] = value
-        return tuple(out)
+                columns[w.slot] = [None if x != x else x for x in means[:, w.mean].tolist()]
+        if plan.last:
+            profiles = self.profiles
+            held = [None if r < 0 else profiles[r] for r in refs.tolist()]
+            for j, (slot, _) in enumerate(plan.last):
+                columns[slot] = [None if p is None else p[j] for p in held]
+        return list(zip(*columns, strict=True))
 
-    def current(self, number: int) -> Values:
-        """An entity's values at the clock."""
+    def means_of(self, numbers: np.ndarray) -> np.ndarray:
+        """The current means of some entities, (n, means), NaN for null."""
         plan = self.plan
-        means = np.full(len(plan.means), np.nan)
+        out = np.full((len(numbers), len(plan.means)), np.nan)
         for k, wi in enumerate(plan.means):
-            count = int(self.counts[number, wi])
-            if count <= 0:
-                continue
-            if number in self.odd[k]:
-                means[k] = sums.odd_double(self.odd[k][number]) / count
-            else:
-                total = sums.normalise(self.limbs[number, k][None].copy())
-                means[k] = float(sums.to_double(total)[0]) / count
-        return self.vector(self.counts[number], means, int(self.ref[number]))
+            count = self.counts[numbers, wi]
+            totals = sums.normalise(self.limbs[numbers, k].copy())
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, k] = np.where(count > 0, sums.to_double(totals) / count, np.nan)
+            odd = self.odd[k]
+            if odd:
+                for i, number in enumerate(numbers.tolist()):
+                    if number in odd and count[i] > 0:
+                        out[i, k] = sums.odd_double(odd[number]) / int(count[i])
+        return out
+
+    def current(self, numbers: np.ndarray) -> list[Values]:
+        """Entities' values at the clock."""
+        return self.vectors(self.counts[numbers], self.means_of(numbers), self.ref[numbers])
 
     def drain_rows(self) -> list[_Rows]:
         out, self.rows = self.rows, []
         return out
+
+    # -- recovery: what changed since the last export, and applying it to a restored copy --
+
+    _COLUMNS = (
+        "counts",
+        "limbs",
+        "ref",
+        "ref_time",
+        "stamp",
+        "emitted",
+        "em_counts",
+        "em_means",
+        "em_eq",
+    )
+
+    def export_delta(self) -> dict[str, Any]:
+        """Everything that changed since the last export (or since the state was made): new
+        entities, the columns of touched ones, new exits and profiles, the small scalars."""
+        numbers = np.flatnonzero(self.touched[: len(self.ids)])
+        self.touched[numbers] = False
+        delta = {
+            "ids": self.ids[self._ids_exported :],
+            "numbers": numbers,
+            "columns": {name: getattr(self, name)[numbers] for name in self._COLUMNS},
+            "chunks": self.new_chunks,
+            "profiles": self.profiles[self._profiles_exported :],
+            "profile_times": self.profile_times[self._profiles_exported :],
+            "odd": {(k, n): self.odd[k].get(n) for k, n in self._odd_changed},
+            "pending": self.pending,
+            "chunks_made": self.chunks_made,
+        }
+        self._ids_exported = len(self.ids)
+        self._profiles_exported = len(self.profiles)
+        self.new_chunks = []
+        self._odd_changed = set()
+        return delta
+
+    def mark_exported(self) -> None:
+        """The whole state is saved (a base): nothing is left to export."""
+        self.touched[:] = False
+        self._ids_exported = len(self.ids)
+        self._profiles_exported = len(self.profiles)
+        self.new_chunks = []
+        self._odd_changed = set()
+
+    def apply_delta(self, delta: dict[str, Any]) -> None:
+        """Replay one `export_delta` on a restored state (call `restored` after the last)."""
+        for key in delta["ids"]:
+            self.index[key] = len(self.ids)
+            self.ids.append(key)
+        self._grow(len(self.ids))
+        numbers = delta["numbers"]
+        for name, values in delta["columns"].items():
+            getattr(self, name)[numbers] = values
+        self.exits.extend(delta["chunks"])
+        for values, when in zip(delta["profiles"], delta["profile_times"], strict=True):
+            self.profiles.append(values)
+            self.profile_times.append(when)
+        for (k, number), total in delta["odd"].items():
+            self.odd[k][number] = total
+        self.pending = delta["pending"]
+        self.chunks_made = delta["chunks_made"]
+
+    def restored(self, clock: int) -> None:
+        """Derived state after a base and its deltas: exits still due, profile classes, columns."""
+        kept = []
+        for _, number, wi, times, ents, values in self.exits:
+            cut = int(np.searchsorted(times, clock, side="right"))
+            if cut < len(times):
+                kept.append((int(times[cut]), number, wi, times[cut:], ents[cut:], values[cut:]))
+        heapq.heapify(kept)
+        self.exits = kept
+        self.eq_classes = {}
+        self.profile_eq = [
+            self.eq_classes.setdefault(v, len(self.eq_classes)) for v in self.profiles
+        ]
+        self.profile_chunks = []
+        self._profile_table = None
+        if self.profiles:
+            self._keep_columns(0)
+        self.id_column = np.empty(len(self.ref), dtype=object)
+        self.id_column[: len(self.ids)] = self.ids
+        self._ids_in_column = len(self.ids)
+        self.dirty[:] = False
+        self.mark_exported()
 
     def table(self, parts: list[_Rows]) -> pa.Table:
         """Final rows as an Arrow table in the entity's change-log schema (`offline_layout`)."""
@@ -625,8 +766,7 @@ class KindState:
         stamp = np.concatenate([p.stamp for p in parts])
         counts = np.concatenate([p.counts for p in parts])
         means = np.concatenate([p.means for p in parts])
-        refs = np.concatenate([p.refs for p in parts]).tolist()
-        ids = self.ids
+        refs = np.concatenate([p.refs for p in parts])
         when = pa.array(stamp, offline_layout.UTC_US)
         columns: list[Any] = [None] * plan.size
         for wi, w in enumerate(plan.windowed):
@@ -635,14 +775,16 @@ class KindState:
             else:
                 mean = means[:, w.mean]
                 columns[w.slot] = pa.array(mean, pa.float64(), mask=np.isnan(mean))
-        specs = features_of(entity)
-        profiles = self.profiles
-        for j, (slot, _) in enumerate(plan.last):
-            values = [None if r < 0 else profiles[r][j] for r in refs]
-            dtype = specs[slot].dtype
-            if dtype is Dtype.TIMESTAMP:
-                values = [None if v is None else offline_layout.floor_seconds(v) for v in values]
-            columns[slot] = pa.array(values, offline_layout.ARROW_TYPES[dtype])
+        if plan.last:
+            if self.profile_chunks:
+                taken = self._profile_columns().take(pa.array(refs, pa.int64(), mask=refs < 0))
+            else:
+                taken = pa.table(  # no profile yet: every value null
+                    [pa.nulls(len(refs), f.type) for f in self._last_schema],
+                    schema=self._last_schema,
+                )
+            for j, (slot, _) in enumerate(plan.last):
+                columns[slot] = taken.column(j)
         days = stamp // offline_layout.DAY_US
         unique_days, where = np.unique(days, return_inverse=True)
         names = np.array(
@@ -650,7 +792,7 @@ class KindState:
         )
         return pa.Table.from_arrays(
             [
-                pa.array([ids[e] for e in ent.tolist()], pa.string()),
+                pa.array(self.id_column[ent], pa.string()),
                 when,
                 when,
                 *columns,
@@ -664,18 +806,24 @@ class KindState:
         numbers = np.flatnonzero(self.dirty[: len(self.ids)])
         self.dirty[numbers] = False
         name = self.plan.entity.name
-        stamps = self.stamp[numbers].tolist()
+        ids = self.ids
         return [
-            Change(name, self.ids[n], s, self.current(n))
-            for n, s in zip(numbers.tolist(), stamps, strict=True)
+            Change(name, ids[n], s, v)
+            for n, s, v in zip(
+                numbers.tolist(), self.stamp[numbers].tolist(), self.current(numbers), strict=True
+            )
         ]
 
     def changes_of(self, rows: _Rows) -> list[Change]:
         name = self.plan.entity.name
+        ids = self.ids
         return [
-            Change(name, self.ids[e], s, self.vector(rows.counts[i], rows.means[i], r))
-            for i, (e, s, r) in enumerate(
-                zip(rows.entity.tolist(), rows.stamp.tolist(), rows.refs.tolist(), strict=True)
+            Change(name, ids[e], s, v)
+            for e, s, v in zip(
+                rows.entity.tolist(),
+                rows.stamp.tolist(),
+                self.vectors(rows.counts, rows.means, rows.refs),
+                strict=True,
             )
         ]
 
@@ -709,6 +857,25 @@ class ShardEngine:
         if self.clock != NEVER:
             self.step({}, self.clock + 1)
 
+    def export_delta(self) -> dict[str, Any]:
+        """What changed since the last export: small when few entities changed."""
+        return {"clock": self.clock, "kinds": {n: s.export_delta() for n, s in self.kinds.items()}}
+
+    def mark_exported(self) -> None:
+        for state in self.kinds.values():
+            state.mark_exported()
+
+    @classmethod
+    def restore(cls, base: ShardEngine, deltas: Sequence[dict[str, Any]]) -> ShardEngine:
+        """A base state (as saved whole) with the deltas exported after it, in order."""
+        for delta in deltas:
+            base.clock = delta["clock"]
+            for name, kind in delta["kinds"].items():
+                base.kinds[name].apply_delta(kind)
+        for state in base.kinds.values():
+            state.restored(base.clock)
+        return base
+
     def drain_rows(self) -> dict[str, list[_Rows]]:
         """Final change-log rows since the last drain, per kind, as columns."""
         return {name: rows for name, s in self.kinds.items() if (rows := s.drain_rows())}
@@ -738,7 +905,7 @@ class ShardEngine:
         """An entity's values at the clock (None if it has no state)."""
         state = self.kinds[entity.name]
         number = state.index.get(entity_id)
-        return None if number is None else state.current(number)
+        return None if number is None else state.current(np.array([number]))[0]
 
 
 @dataclass

@@ -12,6 +12,7 @@ operations a batch; the shards and the change-log writers each run on the worker
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
@@ -59,8 +60,9 @@ def build_flow(
     dead = op.flat_map("take_dead_letters", outputs, _dead_letters)
     work = op.flat_map("take_shard_work", outputs, _shard_work)
     by_shard = op.key_on("shard_entities", work, lambda w: w.shard)
+    state_dir = checkpoint_dir(settings) / "state" if recoverable else None
     aggregated = op.stateful_batch(
-        "aggregate_features", by_shard, lambda state: ShardLogic(recoverable, fresh_online, state)
+        "aggregate_features", by_shard, lambda state: ShardLogic(state_dir, fresh_online, state)
     )
     changes = op.key_rm("unkey_shards", aggregated)
     op.output("write_online", changes, OnlineSink(settings))
@@ -75,6 +77,11 @@ def build_flow(
         DeadLetterSink(settings),
     )
     return flow
+
+
+def checkpoint_dir(settings: Settings) -> Path:
+    """The recovery folder: local, beside a local lake or where `BESTMATCH_CHECKPOINTS` says."""
+    return settings.checkpoint_root / "features"
 
 
 def source_step_id(source: Source) -> str:

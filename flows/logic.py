@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from flows.items import (
     ShardOutput,
     ShardWork,
 )
+from flows.journal import Journal
 from flows.metrics import METRICS
 from flows.sharding import shards_of
 
@@ -207,19 +209,34 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
         return _frozen(self.state) if self.recoverable else self.state
 
 
-class ShardLogic(StatefulBatchLogic[ShardWork, ShardOutput, bytes | ShardEngine]):
-    """One shard of entities: columnar state, change-log rows, online values."""
+class ShardLogic(StatefulBatchLogic[ShardWork, ShardOutput, Any]):
+    """One shard of entities: columnar state, change-log rows, online values.
 
-    def __init__(self, recoverable: bool, fresh_online: bool, state: Any):
-        self.engine = _thawed(state) if state is not None else ShardEngine()
-        self.recoverable = recoverable
+    With recovery, its snapshot is a reference into its journal (`flows.journal`): what an
+    epoch costs follows what changed in it."""
+
+    def __init__(self, state_dir: Path | None, fresh_online: bool, state: Any):
+        self.state_dir = state_dir
+        self.journal: Journal | None = None
+        self.shard: str | None = None
+        if state is None:
+            self.engine = ShardEngine()
+        else:
+            shard, generation, offset = state
+            self.shard = shard
+            self.journal = self._journal(shard)
+            self.engine = self.journal.load((generation, offset))
         # A stream refreshes the online store every batch; a backfill only needs the final
         # values, so it writes each entity once, at the end.
         self.fresh_online = fresh_online
 
+    def _journal(self, shard: str) -> Journal:
+        assert self.state_dir is not None
+        return Journal(self.state_dir / f"shard-{shard}")
+
     def on_batch(self, values: list[ShardWork]) -> tuple[list[ShardOutput], bool]:
         engine = self.engine
-        shard = values[0].shard
+        shard = self.shard = values[0].shard
         finished = False
         for work in values:
             for segment in work.segments:
@@ -236,9 +253,14 @@ class ShardLogic(StatefulBatchLogic[ShardWork, ShardOutput, bytes | ShardEngine]
         out = ShardOutput(shard, tables, online, engine.clock, published)
         return [out], StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> bytes | ShardEngine:
-        # Bytewax asks every epoch, and keeps the snapshot only with recovery on: copy only then.
-        return _frozen(self.engine) if self.recoverable else self.engine
+    def snapshot(self) -> Any:
+        # Bytewax asks every epoch, and keeps the snapshot only with recovery on: save only then.
+        if self.state_dir is None or self.shard is None:
+            return None
+        if self.journal is None:
+            self.journal = self._journal(self.shard)
+        generation, offset = self.journal.save(self.engine)
+        return self.shard, generation, offset
 
 
 def _frozen(state: Any) -> bytes:

@@ -24,15 +24,10 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from features.errors import FlowError
 from features.offline_layout import create_changelog_tables
 from features.settings import Settings
-from flows.flow import DEFAULT_SHARDS, build_flow
+from flows.flow import DEFAULT_SHARDS, build_flow, checkpoint_dir
 from flows.sources import JsonlSource, RedisStreamSource
 
 RECOVERY_PARTITIONS = 4
-
-
-def checkpoint_dir(settings: Settings) -> Path:
-    """The recovery folder: local, beside a local lake or where `BESTMATCH_CHECKPOINTS` says."""
-    return settings.checkpoint_root / "features"
 
 
 def _recovery(directory: Path, fresh: bool) -> RecoveryConfig:
