@@ -346,7 +346,7 @@ def _stream_live_day(
     work: Path,
 ) -> dict[str, Any]:
     """Publish the last day to the bus with `bestmatch stream` running; time sampled events."""
-    from bestmatch.bench import Watcher, pick_samples
+    from bestmatch.benchmarks.flow import Watcher, pick_samples
     from bestmatch.streaming import StreamProcess
     from features.bus import publish
 

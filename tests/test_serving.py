@@ -42,8 +42,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from bestmatch.benchmarks.serving import _Connection
 from bestmatch.marketplace import simulate
-from bestmatch.serve_bench import _Connection
 from bestmatch.services import child_env
 from features.errors import ModelError
 from features.offline_layout import TIMESTAMP_COLUMN
@@ -818,7 +818,7 @@ def test_answering_leaves_no_garbage_for_the_cyclic_collector(market: Market) ->
 
 
 def test_bench_serve_times_both_paths_on_the_same_requests(market: Market) -> None:
-    from bestmatch.serve_bench import FLOOR_PREFIX, bench_serve
+    from bestmatch.benchmarks.serving import FLOOR_PREFIX, bench_serve
 
     bench = bench_serve(
         market.serving,

@@ -400,7 +400,7 @@ def start_service(
         "log_rate": log_rate,
         "workers": workers,
     }
-    return _start_child("bestmatch.serve_bench", "serve_child", given)
+    return _start_child("bestmatch.benchmarks.serving", "serve_child", given)
 
 
 def _wait_ready(
@@ -471,7 +471,7 @@ def start_floor(
         "prefix": prefix,
         "port": port,
     }
-    return _start_child("bestmatch.bench_floor", "floor_child", given)
+    return _start_child("bestmatch.benchmarks.serving_floor", "floor_child", given)
 
 
 def drop_floor(settings: Settings, prefix: str) -> None:

@@ -1,6 +1,4 @@
-"""`bestmatch bench ...`: benchmarks that print figures and ratios side by side.
-
-`bench flow` measures the feature flow on this machine, in one run:
+"""The flow benchmark (`bestmatch bench flow`): the feature flow on this machine, in one run:
 
 - Backfill throughput, end to end: the same events through (a) `parse_event` alone, the ceiling
   of reading; (b) parse, `Sequencer` and one `ShardEngine` in a plain loop, the engine's cost;
@@ -33,21 +31,16 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
-import typer
 from rich.table import Table
 
-from bestmatch.console import console, friendly, progress
+from bestmatch.console import console, progress
 from bestmatch.services import free_port
 from features.errors import ConfigError, FlowError
 from features.settings import Settings
-
-bench_app = typer.Typer(
-    help="Benchmarks: figures and ratios against a baseline, side by side.", no_args_is_help=True
-)
 
 GOAL_EVENTS_PER_S = 100_000
 GOAL_P50_MS = 100.0
@@ -691,40 +684,25 @@ def print_freshness(f: dict[str, Any]) -> None:
 # --- the command ------------------------------------------------------------------------------
 
 
-@bench_app.command("flow")
-@friendly
-def flow(
-    events: Annotated[int, typer.Option(min=100, help="Events for the backfill figures.")] = (
-        1_000_000
-    ),
-    rate: Annotated[float, typer.Option(min=1, help="Events/s published for freshness.")] = 2000.0,
-    duration: Annotated[float, typer.Option(min=0.5, help="Seconds of timed publishing.")] = 20.0,
-    trigger: Annotated[
-        float, typer.Option(min=0, help="The stream's change-log trigger, s (0: every batch).")
-    ] = 0.0,
-    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
-    redis_db: Annotated[int, typer.Option(min=0, help="The bench's own Redis database.")] = 15,
-    repeat: Annotated[
-        int,
-        typer.Option(min=1, help="Most runs per backfill stage (while a stage takes < 2 min)."),
-    ] = 3,
-    scaling: Annotated[
-        bool, typer.Option(help="Also time the flow with 2 workers and with 2 processes.")
-    ] = True,
-    skip_backfill: Annotated[bool, typer.Option(help="Skip the throughput figures.")] = False,
-    skip_freshness: Annotated[bool, typer.Option(help="Skip the freshness figures.")] = False,
-    force: Annotated[
-        bool, typer.Option(help="Use the Redis database even if it holds other keys (flushes it).")
-    ] = False,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
-    ] = None,
+def bench_flow(
+    settings: Settings,
+    *,
+    events: int,
+    rate: float,
+    duration: float,
+    trigger: float,
+    seed: int,
+    redis_db: int,
+    repeat: int,
+    scaling: bool,
+    skip_backfill: bool,
+    skip_freshness: bool,
+    force: bool,
+    json_out: Path | None,
 ) -> None:
     """Backfill throughput (with its parse and engine ceilings) and stream freshness."""
-    from bestmatch.cli import _settings
-
     started = time.perf_counter()
-    stores = _open_stores(_settings(), redis_db, force)
+    stores = _open_stores(settings, redis_db, force)
     figures: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),

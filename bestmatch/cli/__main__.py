@@ -1,0 +1,3 @@
+from bestmatch.cli import app
+
+app(prog_name="bestmatch")
