@@ -21,13 +21,10 @@ import math
 import os
 import queue
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +35,7 @@ import redis
 from rich.table import Table
 
 from bestmatch.console import console, progress
-from bestmatch.services import free_port
+from bestmatch.services import StreamProcess, ensure_redis
 from features.errors import ConfigError, FlowError
 from features.settings import Settings
 
@@ -98,8 +95,6 @@ def _open_stores(settings: Settings, db: int, force: bool) -> BenchStores:
     if not settings.lake_is_local:
         msg = f"bestmatch bench keeps its files in a local BESTMATCH_LAKE, got {settings.lake!r}"
         raise ConfigError(msg)
-    from bestmatch.services import ensure_redis
-
     url = _with_db(settings.redis_url, db)
     if _db_of(url) == _db_of(settings.redis_url) and not force:
         msg = f"--redis-db {db} is the platform's own database (BESTMATCH_REDIS_URL); pick another"
@@ -127,7 +122,7 @@ def cached_events(root: Path, events: int, seed: int) -> Path:
     path = root / f"events-{events}-seed{seed}.jsonl"
     if path.is_file():
         return path
-    from bestmatch.marketplace import simulate
+    from bestmatch.simulator import simulate
 
     root.mkdir(parents=True, exist_ok=True)
     jobs_per_day = max(1, min(1000, math.ceil(events * 1.25 / EVENTS_PER_JOB_DAY)))
@@ -438,57 +433,6 @@ class Watcher(threading.Thread):
             time.sleep(POLL_S)
 
 
-def _events_in(port: int) -> float | None:
-    """The stream's `bestmatch_flow_events_in` counter, or None if its endpoint does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("bestmatch_flow_events_in_total "):
-            return float(line.split()[1])
-    return None
-
-
-class StreamProcess:
-    """`bestmatch stream` on the bench's stores, as a subprocess; always killed by `stop`."""
-
-    def __init__(self, settings: Settings, log: Path, trigger_s: float) -> None:
-        self.port = free_port()
-        self.log = log
-        env = {
-            **os.environ,
-            "BESTMATCH_REDIS_URL": settings.redis_url,
-            "BESTMATCH_LAKE": settings.lake,
-            "BESTMATCH_STREAM_KEY": settings.stream_key,
-        }
-        command = [sys.executable, "-m", "bestmatch.cli", "stream"]
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(
-                [*command, "--metrics-port", str(self.port), "--trigger", str(trigger_s)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C reaches the bench, which stops it itself
-            )
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            msg = f"bestmatch stream exited with {self.process.returncode}:\n{tail}"
-            raise FlowError(msg)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 def _wait(what: str, done: Callable[[], bool], stream: StreamProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -553,14 +497,14 @@ def measure_freshness(
     samples = pick_samples(lines, first, settings.feast_project, SAMPLE_EVERY)
     timed = lines[first:]
     stores.reset()
-    stream = StreamProcess(settings, stores.root / "stream.log", trigger_s)
+    stream = StreamProcess(settings, stores.root / "stream.log", trigger_s=trigger_s).start()
     watcher = Watcher(redis.Redis.from_url(settings.redis_url))
     try:
         watcher.start()
         console.print(f"  warming up: {first:,} events, waiting for the stream to apply them")
         _publish_and_wait(stores, stream, watcher, lines[:burst], 0, None)
         _publish_and_wait(stores, stream, watcher, lines[:first], burst, rate)
-        before = _events_in(stream.port)
+        before = stream.events_in()
         queued = 0
 
         def sent_up_to(sent: int) -> None:  # called right after each pipeline of XADDs returns
@@ -582,7 +526,7 @@ def measure_freshness(
             time.sleep(0.01)
         time.sleep(0.2)  # a last round for samples still in flight
         ended = time.perf_counter()
-        after = _events_in(stream.port)
+        after = stream.events_in()
     finally:
         watcher.stop.set()
         stream.stop()

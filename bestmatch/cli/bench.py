@@ -126,7 +126,7 @@ def training(
     seed: Annotated[int, typer.Option(help="Seed of the resampling.")] = 1,
 ) -> None:
     """Point-in-time training set: Feast's get_historical_features vs the fast path."""
-    from training.bench import bench_training_set
+    from bestmatch.benchmarks.training_set import bench_training_set
 
     settings = read_settings()
     events = events or last_backfill(settings)

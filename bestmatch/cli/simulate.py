@@ -21,7 +21,7 @@ def simulate(
     dirty: Annotated[bool, typer.Option(help="Mix in duplicates and invalid events.")] = False,
 ) -> None:
     """Write a realistic, deterministic marketplace event stream."""
-    from bestmatch.marketplace import simulate as run
+    from bestmatch.simulator import simulate as run
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with progress(f"simulating {days} days", total=None) as advance:

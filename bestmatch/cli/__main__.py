@@ -1,3 +1,0 @@
-from bestmatch.cli import app
-
-app(prog_name="bestmatch")
