@@ -24,7 +24,7 @@ def demo(
 ) -> None:
     """End to end: simulate, backfill, stream the last day with the service up, train, serve,
     rank the open jobs, check consistency, and write the HTML report."""
-    from bestmatch.demo import run_demo
+    from bestmatch.demo.run import run_demo
 
     run_demo(
         read_settings(),

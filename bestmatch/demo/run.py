@@ -21,59 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis
 
 from bestmatch.consistency import check_consistency
 from bestmatch.console import console, print_table, progress
 from bestmatch.demo.live_day import stream_live_day
 from bestmatch.demo.open_jobs import rank_open_jobs
+from bestmatch.demo.prepare import reset_online, split_last_day
 from bestmatch.demo.report import write_report
 from bestmatch.demo.summary import summary_rows
 from bestmatch.services import ServiceProcess, ensure_feast_registry, ensure_redis
 from features.errors import ServiceError
-from features.events import parse_time
 from features.settings import Settings
-
-DAY_US = 86_400 * 1_000_000
-
-
-def split_last_day(events: Path, history: Path, live: Path) -> tuple[int, int]:
-    """Split a time-ordered events file: everything before its last day, and the last day."""
-    lines = events.read_bytes().splitlines(keepends=True)
-    last = parse_time(orjson.loads(lines[-1])["event_time"])
-    cut = last - last % DAY_US
-    index = len(lines)
-    while index > 0 and parse_time(orjson.loads(lines[index - 1])["event_time"]) >= cut:
-        index -= 1
-    history.write_bytes(b"".join(lines[:index]))
-    live.write_bytes(b"".join(lines[index:]))
-    return index, len(lines) - index
-
-
-def reset_online(client: redis.Redis, settings: Settings) -> int:
-    """Delete the project's entities (Feast's hashes and the serving records) and the event bus
-    from Redis (and nothing else there): the demo's own stores start empty, so an earlier run's
-    newer values cannot mask this one's. Returns how many entities were deleted."""
-    from features.online_layout import RECORD_PREFIX, layout
-    from features.specs import ENTITIES
-
-    hashes = [layout(entity).key_prefix for entity in ENTITIES]
-    prefixes = (*hashes, *(RECORD_PREFIX + prefix for prefix in hashes))  # and serving records
-    project = settings.feast_project.encode()
-    pattern = b"*" + project  # Feast project names are letters, digits and underscores
-    keys = [
-        key
-        for key in client.scan_iter(match=pattern, count=1000)
-        if key.startswith(prefixes) and key.endswith(project)
-    ]
-    for start in range(0, len(keys), 1000):
-        client.delete(*keys[start : start + 1000])
-    client.delete(settings.stream_key)
-    return sum(not key.startswith(RECORD_PREFIX) for key in keys)
-
-
-# --- the demo ---------------------------------------------------------------------------------
 
 
 @dataclass
