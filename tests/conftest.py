@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,13 +14,10 @@ from typing import Any
 import pytest
 import redis
 
+from bestmatch.services import free_port
 from features.settings import Settings
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["RedisServer", "free_port"]  # the tests' servers use the product's free_port
 
 
 class RedisServer:
@@ -159,3 +155,56 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if cache is not None:
         os.environ.pop(_COMPILED, None)
         shutil.rmtree(cache, ignore_errors=True)
+
+
+# --- the quick tier ---------------------------------------------------------------------------
+# `pytest --quick` (`./scripts/test.sh --quick`) runs the pure and unit tests only: every test
+# that starts a real service is marked `integration` here and left out, and the modules that
+# hold nothing else are not even imported. The full suite is plain `pytest`.
+
+SERVICE_FIXTURES = frozenset({"redis_server", "feast_store"})
+"""Fixtures that start a real service: a test that uses one (even through another fixture) is
+an integration test."""
+INTEGRATION_MODULES = frozenset(
+    {
+        "test_notebooks",  # executes the notebooks in kernels of their own
+        "test_serving_compiled",  # compiles models with LLVM in processes of their own
+        "test_serving_faults",  # services whose Redis goes away
+        "test_serving_log",  # the serving log's writer processes
+        "test_serving_workers",  # `bestmatch serve --workers`
+    }
+)
+"""Test modules that start processes of their own without those fixtures: all their tests are
+integration tests."""
+SERVICE_MODULES = frozenset({"test_consistency", "test_demo", "test_feast_parity", "test_stream"})
+"""Modules whose every test uses a service fixture: `--quick` does not import them."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        help="only the pure and unit tests: none that starts a real service (marked integration)",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if config.getoption("--quick") and collection_path.stem in (
+        INTEGRATION_MODULES | SERVICE_MODULES
+    ):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that starts a real service `integration`; `--quick` leaves them out."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = item.path.stem
+        if fixtures & SERVICE_FIXTURES or module in INTEGRATION_MODULES | SERVICE_MODULES:
+            item.add_marker(pytest.mark.integration)
+    if config.getoption("--quick"):
+        slow = [item for item in items if item.get_closest_marker("integration")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("integration")]

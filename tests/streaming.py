@@ -1,7 +1,7 @@
 """Running `bestmatch stream` in a child process, and reading back what it wrote. Tests only.
 
-Two ways to start the command, both through its real entry point with the real environment
-variables:
+The stream runs through the product's own launcher (`bestmatch.services.StreamProcess`), started
+two ways, both through the command's real entry point with the real environment variables:
 
 - `cli`: the installed `bestmatch` script in a fresh interpreter, exactly what a user runs. Each
   start imports the whole stack (Feast, Bytewax, Delta): many seconds on a small machine.
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import re
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -31,6 +28,8 @@ import polars as pl
 import redis
 from deltalake import DeltaTable
 
+from bestmatch.services import stream as launcher
+from bestmatch.services import stream_env
 from features import offline_layout, online_layout
 from features.bus import EVENT_FIELD
 from features.bus import publish as publish_lines
@@ -44,7 +43,6 @@ T = TypeVar("T")
 # pandas and pyarrow.dataset: Delta's writer imports them on its first commit, which would
 # otherwise add seconds to every restart's first commit
 _PRELOAD = ["bestmatch.cli", "flows.runner", "pandas", "pyarrow.dataset", "tests.streaming"]
-_EVENTS_IN = re.compile(rb"^bestmatch_flow_events_in_total (\S+)$", re.MULTILINE)
 
 
 def _forkserver() -> Any:
@@ -64,18 +62,28 @@ def _run_command(env: dict[str, str], args: list[str], log: str) -> None:
     app(args, prog_name="bestmatch")
 
 
-def stream_env(settings: Settings) -> dict[str, str]:
-    """The variables that make `bestmatch` use these settings' stores."""
-    return {
-        "BESTMATCH_REDIS_URL": settings.redis_url,
-        "BESTMATCH_LAKE": settings.lake,
-        "BESTMATCH_STREAM_KEY": settings.stream_key,
-        "BESTMATCH_FEAST_PROJECT": settings.feast_project,
-    }
+class _Forked:
+    """A forked `multiprocessing` child, seen as the launcher sees a `subprocess.Popen`."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def poll(self) -> int | None:
+        return None if self.process.is_alive() else self.process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.is_alive():
+            raise subprocess.TimeoutExpired("bestmatch stream (forked)", timeout or 0.0)
+        return int(self.process.exitcode)
 
 
-class StreamProcess:
-    """One `bestmatch stream` at a time for one set of stores: start, watch, kill, restart."""
+class StreamProcess(launcher.StreamProcess):
+    """The product's launcher (`bestmatch.services.StreamProcess`), started one of two ways."""
 
     def __init__(
         self,
@@ -87,105 +95,26 @@ class StreamProcess:
         how: How,
         options: Sequence[str] = (),
     ) -> None:
-        self.settings = settings
-        self.options = list(options)  # more `bestmatch stream` options
-        self.log = log
-        self.port = metrics_port
-        self.workers = workers
+        super().__init__(settings, log, workers=workers, options=options, metrics_port=metrics_port)
         self.how = how
-        self.starts = 0
-        self._child: Any = None
 
-    @property
-    def args(self) -> list[str]:
-        return [
-            "stream",
-            "--metrics-port",
-            str(self.port),
-            "--workers",
-            str(self.workers),
-            *self.options,
-        ]
+    def command(self) -> list[str]:
+        script = Path(sys.executable).with_name("bestmatch")
+        return [str(script)] if script.exists() else super().command()
 
-    def start(self) -> None:
-        assert not self.alive(), "already running"
-        self.starts += 1
-        self._note(f"start {self.starts} ({self.how})")
+    def spawn(self) -> launcher.Child:
         if self.how == "cli":
-            script = Path(sys.executable).with_name("bestmatch")
-            command = [str(script)] if script.exists() else [sys.executable, "-m", "bestmatch.cli"]
-            with self.log.open("ab") as out:
-                self._child = subprocess.Popen(
-                    [*command, *self.args],
-                    env={**os.environ, **stream_env(self.settings)},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-        else:
-            self._child = _forkserver().Process(
-                target=_run_command,
-                args=(stream_env(self.settings), self.args, str(self.log)),
-                daemon=True,
-            )
-            self._child.start()
-
-    def _note(self, what: str) -> None:
-        # wall-clock times, to line the log up with the Delta commits' times
-        with self.log.open("a") as out:
-            out.write(f"--- {time.time():.3f} {what}\n")
-
-    def alive(self) -> bool:
-        if self._child is None:
-            return False
-        if self.how == "cli":
-            return self._child.poll() is None
-        return bool(self._child.is_alive())
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to flush, close or snapshot anything."""
-        if self._child is None:
-            return
-        if self.alive():
-            os.kill(self._child.pid, signal.SIGKILL)
-            self._note("SIGKILL")
-        if self.how == "cli":
-            self._child.wait(timeout=30)
-        else:
-            self._child.join(timeout=30)
-        assert not self.alive(), f"{self} survived SIGKILL"
-        self._child = None
-
-    def interrupt(self, timeout: float = 20.0) -> None:
-        """Ctrl-C (SIGINT), as a user stops it; it must be gone within `timeout` seconds."""
-        assert self._child is not None and self.alive(), "not running"
-        os.kill(self._child.pid, signal.SIGINT)
-        self._note("SIGINT")
-        wait_until(lambda: not self.alive(), timeout, f"{self} to stop on Ctrl-C", every=0.05)
-        self._child = None
-
-    def events_in(self) -> int | None:
-        """Raw events this process has read (its metrics endpoint), None until it answers."""
-        if not self.alive():
-            self.fail_if_dead()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-                body = r.read()
-        except OSError:
-            return None
-        found = _EVENTS_IN.search(body)
-        return None if found is None else int(float(found.group(1)))
-
-    def wait_read(self, n: int, timeout: float) -> float:
-        """Wait until this process has read at least n events; returns the seconds waited."""
-        started = time.monotonic()
-        wait_until(lambda: (self.events_in() or 0) >= n, timeout, f"{self} to read {n} events")
-        return time.monotonic() - started
+            return super().spawn()
+        child = _forkserver().Process(
+            target=_run_command,
+            args=(stream_env(self.settings), self.args, str(self.log)),
+            daemon=True,
+        )
+        child.start()
+        return _Forked(child)
 
     def fail_if_dead(self) -> None:
-        if self._child is not None and not self.alive():
-            msg = f"{self} exited early; its log:\n{self.log.read_text()[-4000:]}"
-            raise AssertionError(msg)
+        self.check()
 
     def __repr__(self) -> str:
         return f"bestmatch stream ({self.how}, {self.workers} worker(s), lake {self.settings.lake})"

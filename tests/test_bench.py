@@ -9,7 +9,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from bestmatch.bench import MARKER, _with_db, pick_samples
+from bestmatch.benchmarks.flow import MARKER, _with_db, pick_samples
 from bestmatch.cli import app
 from features.events import parse_event
 

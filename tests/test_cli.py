@@ -48,13 +48,13 @@ def test_help_lists_the_contract_commands() -> None:
         assert command in result.output
 
 
-def test_the_cli_module_runs_as_a_script() -> None:
-    """`python -m bestmatch.cli` (what `bench flow` starts its stream with) runs the app."""
+def test_the_package_runs_as_a_script() -> None:
+    """`python -m bestmatch` (what the stream and service launchers start) runs the app."""
     import subprocess
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "bestmatch.cli", "bench", "--help"],
+        [sys.executable, "-m", "bestmatch", "bench", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

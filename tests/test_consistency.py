@@ -36,7 +36,7 @@ from bestmatch.consistency import (
     check_consistency,
     consistency_figure,
 )
-from bestmatch.marketplace import simulate
+from bestmatch.simulator import simulate
 from features.errors import StoreError
 from features.online_layout import (
     EntityUpdate,

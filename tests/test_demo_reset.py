@@ -9,7 +9,7 @@ import random
 import pytest
 import redis
 
-from bestmatch.demo import reset_online
+from bestmatch.demo.prepare import reset_online
 from bestmatch.services import child_env
 from features.online_layout import EntityUpdate, record_key, redis_key, write_entities
 from features.settings import Settings

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bestmatch import market_vocabulary as vocab
-from bestmatch.marketplace import SimulationReport, simulate
+from bestmatch.simulator import SimulationReport, simulate
+from bestmatch.simulator import vocabulary as vocab
 from features.events import (
     FreelancerProfile,
     JobPosted,

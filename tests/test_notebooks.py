@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from bestmatch.marketplace import simulate
+from bestmatch.simulator import simulate
 from features.settings import Settings
 from flows.runner import run_backfill
 from tests.conftest import RedisServer

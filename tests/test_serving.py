@@ -42,9 +42,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from bestmatch.marketplace import simulate
-from bestmatch.serve_bench import _Connection
+from bestmatch.benchmarks.load import Connection
 from bestmatch.services import child_env
+from bestmatch.simulator import simulate
 from features.errors import ModelError
 from features.offline_layout import TIMESTAMP_COLUMN
 from features.online_layout import EntityUpdate, read_entities, write_entities
@@ -584,7 +584,7 @@ def test_the_largest_valid_request_is_served(http: httpx.Client) -> None:
 
 def _raw_answers(port: int, requests: list[bytes]) -> list[tuple[list[bytes], bytes]]:
     """Send `requests` on one connection (pipelined), read their answers: head lines, body."""
-    conn = _Connection(port)
+    conn = Connection(port)
     try:
         conn.sock.sendall(b"".join(requests))
         answers = [conn.answer() for _ in requests]
@@ -818,7 +818,7 @@ def test_answering_leaves_no_garbage_for_the_cyclic_collector(market: Market) ->
 
 
 def test_bench_serve_times_both_paths_on_the_same_requests(market: Market) -> None:
-    from bestmatch.serve_bench import FLOOR_PREFIX, bench_serve
+    from bestmatch.benchmarks.serving import FLOOR_PREFIX, bench_serve
 
     bench = bench_serve(
         market.serving,

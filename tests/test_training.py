@@ -20,7 +20,8 @@ import pytest
 from mlflow import MlflowClient
 from polars.testing import assert_frame_equal
 
-from bestmatch.marketplace import DEFAULT_START, simulate
+from bestmatch.benchmarks.training_set import bench_training_set
+from bestmatch.simulator import DEFAULT_START, simulate
 from features.events import ProposalAction, ProposalSubmitted, event_to_json, parse_time
 from features.offline_layout import TIMESTAMP_COLUMN
 from features.ranking import MODEL_FEATURES, RequestProposal, request_frame
@@ -30,7 +31,6 @@ from flows.runner import run_backfill
 from tests.conftest import RedisServer
 from tests.test_offline_store import BASE_US, make_log, query_times, write
 from training import registry
-from training.bench import bench_training_set
 from training.dataset import build_training_set
 from training.feast_reference import feast_historical_features, feast_store
 from training.pipeline import TrainReport, evaluate_models, fit_models, publish, train

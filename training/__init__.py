@@ -4,15 +4,12 @@ What it offers (imported lazily: `import training` loads neither LightGBM nor ML
 
 - `train(settings, *, events, seed, horizon, window, params, progress) -> TrainReport`:
   everything `bestmatch train` does (`training.pipeline`).
-- `bench_training_set(settings, *, events, rows, repeat, feast_repeat, seed, progress)
-  -> TrainingSetBench`: Feast's `get_historical_features` against the fast path
-  (`training.bench`).
 - `build_training_set(settings, events, ...) -> TrainingSet` (`training.dataset`) and
   `historical_features(settings, entity_rows, features)` (`training.point_in_time`).
 
 Modules: `proposals` (entity rows, ranking moment, labels), `point_in_time` (the fast path),
 `feast_reference` (the Feast path), `dataset`, `ranker`, `evaluation`, `plots`, `registry`
-(MLflow), `pipeline`, `bench`. The model's feature list and input function live in
+(MLflow), `pipeline`. The model's feature list and input function live in
 `features.ranking`, shared with serving.
 """
 
@@ -25,8 +22,6 @@ _EXPORTS = {
     "train": "training.pipeline",
     "TrainReport": "training.pipeline",
     "TRAIN_STAGES": "training.pipeline",
-    "bench_training_set": "training.bench",
-    "TrainingSetBench": "training.bench",
     "build_training_set": "training.dataset",
     "TrainingSet": "training.dataset",
     "historical_features": "training.point_in_time",

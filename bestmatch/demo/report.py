@@ -19,6 +19,8 @@ import orjson
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bestmatch.consistency import ConsistencyReport, consistency_figure
+from bestmatch.demo.summary import summary_rows
 from training.evaluation import METRICS
 from training.pipeline import ABLATION, MODEL_LABELS, RANKER
 
@@ -181,10 +183,10 @@ margin:.6em 0}
 """
 
 
-def write_report(figures: dict[str, Any], folder: Path, *, consistency: Any = None) -> Path:
+def write_report(
+    figures: dict[str, Any], folder: Path, *, consistency: ConsistencyReport | None = None
+) -> Path:
     """Write `index.html`, the PNGs and `report.json` into `folder`; returns the page's path."""
-    from bestmatch.demo import summary_rows
-
     folder.mkdir(parents=True, exist_ok=True)
     stream, serving = figures["stream"], figures["serving"]
     drawn: dict[str, Figure] = {
@@ -198,8 +200,6 @@ def write_report(figures: dict[str, Any], folder: Path, *, consistency: Any = No
     }
     consistency_html = ""
     if consistency is not None:
-        from bestmatch.consistency import consistency_figure
-
         drawn["consistency"] = consistency_figure(consistency)
         header, body = consistency.feature_table()
         consistency_html = _grid(header, body) + _table(consistency.rows())

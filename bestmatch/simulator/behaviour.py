@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bestmatch import market_vocabulary as vocab
+from bestmatch.simulator import vocabulary as vocab
 
 SECOND = 1000
 MINUTE = 60 * SECOND

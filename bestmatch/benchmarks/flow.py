@@ -1,6 +1,4 @@
-"""`bestmatch bench ...`: benchmarks that print figures and ratios side by side.
-
-`bench flow` measures the feature flow on this machine, in one run:
+"""The flow benchmark (`bestmatch bench flow`): the feature flow on this machine, in one run:
 
 - Backfill throughput, end to end: the same events through (a) `parse_event` alone, the ceiling
   of reading; (b) parse, `Sequencer` and one `ShardEngine` in a plain loop, the engine's cost;
@@ -23,31 +21,23 @@ import math
 import os
 import queue
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
-import typer
 from rich.table import Table
 
-from bestmatch.console import console, friendly, progress
-from bestmatch.services import free_port
+from bestmatch.console import console, progress
+from bestmatch.services import StreamProcess, ensure_redis
 from features.errors import ConfigError, FlowError
 from features.settings import Settings
-
-bench_app = typer.Typer(
-    help="Benchmarks: figures and ratios against a baseline, side by side.", no_args_is_help=True
-)
 
 GOAL_EVENTS_PER_S = 100_000
 GOAL_P50_MS = 100.0
@@ -105,8 +95,6 @@ def _open_stores(settings: Settings, db: int, force: bool) -> BenchStores:
     if not settings.lake_is_local:
         msg = f"bestmatch bench keeps its files in a local BESTMATCH_LAKE, got {settings.lake!r}"
         raise ConfigError(msg)
-    from bestmatch.services import ensure_redis
-
     url = _with_db(settings.redis_url, db)
     if _db_of(url) == _db_of(settings.redis_url) and not force:
         msg = f"--redis-db {db} is the platform's own database (BESTMATCH_REDIS_URL); pick another"
@@ -134,7 +122,7 @@ def cached_events(root: Path, events: int, seed: int) -> Path:
     path = root / f"events-{events}-seed{seed}.jsonl"
     if path.is_file():
         return path
-    from bestmatch.marketplace import simulate
+    from bestmatch.simulator import simulate
 
     root.mkdir(parents=True, exist_ok=True)
     jobs_per_day = max(1, min(1000, math.ceil(events * 1.25 / EVENTS_PER_JOB_DAY)))
@@ -445,57 +433,6 @@ class Watcher(threading.Thread):
             time.sleep(POLL_S)
 
 
-def _events_in(port: int) -> float | None:
-    """The stream's `bestmatch_flow_events_in` counter, or None if its endpoint does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("bestmatch_flow_events_in_total "):
-            return float(line.split()[1])
-    return None
-
-
-class StreamProcess:
-    """`bestmatch stream` on the bench's stores, as a subprocess; always killed by `stop`."""
-
-    def __init__(self, settings: Settings, log: Path, trigger_s: float) -> None:
-        self.port = free_port()
-        self.log = log
-        env = {
-            **os.environ,
-            "BESTMATCH_REDIS_URL": settings.redis_url,
-            "BESTMATCH_LAKE": settings.lake,
-            "BESTMATCH_STREAM_KEY": settings.stream_key,
-        }
-        command = [sys.executable, "-m", "bestmatch.cli", "stream"]
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(
-                [*command, "--metrics-port", str(self.port), "--trigger", str(trigger_s)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C reaches the bench, which stops it itself
-            )
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            msg = f"bestmatch stream exited with {self.process.returncode}:\n{tail}"
-            raise FlowError(msg)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 def _wait(what: str, done: Callable[[], bool], stream: StreamProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -560,14 +497,14 @@ def measure_freshness(
     samples = pick_samples(lines, first, settings.feast_project, SAMPLE_EVERY)
     timed = lines[first:]
     stores.reset()
-    stream = StreamProcess(settings, stores.root / "stream.log", trigger_s)
+    stream = StreamProcess(settings, stores.root / "stream.log", trigger_s=trigger_s).start()
     watcher = Watcher(redis.Redis.from_url(settings.redis_url))
     try:
         watcher.start()
         console.print(f"  warming up: {first:,} events, waiting for the stream to apply them")
         _publish_and_wait(stores, stream, watcher, lines[:burst], 0, None)
         _publish_and_wait(stores, stream, watcher, lines[:first], burst, rate)
-        before = _events_in(stream.port)
+        before = stream.events_in()
         queued = 0
 
         def sent_up_to(sent: int) -> None:  # called right after each pipeline of XADDs returns
@@ -589,7 +526,7 @@ def measure_freshness(
             time.sleep(0.01)
         time.sleep(0.2)  # a last round for samples still in flight
         ended = time.perf_counter()
-        after = _events_in(stream.port)
+        after = stream.events_in()
     finally:
         watcher.stop.set()
         stream.stop()
@@ -691,40 +628,25 @@ def print_freshness(f: dict[str, Any]) -> None:
 # --- the command ------------------------------------------------------------------------------
 
 
-@bench_app.command("flow")
-@friendly
-def flow(
-    events: Annotated[int, typer.Option(min=100, help="Events for the backfill figures.")] = (
-        1_000_000
-    ),
-    rate: Annotated[float, typer.Option(min=1, help="Events/s published for freshness.")] = 2000.0,
-    duration: Annotated[float, typer.Option(min=0.5, help="Seconds of timed publishing.")] = 20.0,
-    trigger: Annotated[
-        float, typer.Option(min=0, help="The stream's change-log trigger, s (0: every batch).")
-    ] = 0.0,
-    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
-    redis_db: Annotated[int, typer.Option(min=0, help="The bench's own Redis database.")] = 15,
-    repeat: Annotated[
-        int,
-        typer.Option(min=1, help="Most runs per backfill stage (while a stage takes < 2 min)."),
-    ] = 3,
-    scaling: Annotated[
-        bool, typer.Option(help="Also time the flow with 2 workers and with 2 processes.")
-    ] = True,
-    skip_backfill: Annotated[bool, typer.Option(help="Skip the throughput figures.")] = False,
-    skip_freshness: Annotated[bool, typer.Option(help="Skip the freshness figures.")] = False,
-    force: Annotated[
-        bool, typer.Option(help="Use the Redis database even if it holds other keys (flushes it).")
-    ] = False,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
-    ] = None,
+def bench_flow(
+    settings: Settings,
+    *,
+    events: int,
+    rate: float,
+    duration: float,
+    trigger: float,
+    seed: int,
+    redis_db: int,
+    repeat: int,
+    scaling: bool,
+    skip_backfill: bool,
+    skip_freshness: bool,
+    force: bool,
+    json_out: Path | None,
 ) -> None:
     """Backfill throughput (with its parse and engine ceilings) and stream freshness."""
-    from bestmatch.cli import _settings
-
     started = time.perf_counter()
-    stores = _open_stores(_settings(), redis_db, force)
+    stores = _open_stores(settings, redis_db, force)
     figures: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),

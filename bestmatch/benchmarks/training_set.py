@@ -1,4 +1,5 @@
-"""`bestmatch bench training`: the training set's point-in-time join, Feast against the fast path.
+"""The training-set benchmark (`bestmatch bench training`): the point-in-time join, Feast
+against the fast path.
 
 Both answer the same question on the same entity rows (every proposal of the events file: its
 freelancer, job and client and its ranking moment) over the lake's change logs, for every feature

@@ -1,6 +1,6 @@
 """The marketplace simulator: a realistic, deterministic event stream as JSON Lines.
 
-`simulate` draws a whole market with `market_behaviour` (columnar numpy, one seed), sorts every
+`simulate` draws a whole market with `behaviour` (columnar numpy, one seed), sorts every
 event by time and writes the lines in chunks straight from the columns, so a month at a thousand
 jobs a day (a few million events) takes seconds and little memory. Same seed, same bytes: no clock
 is read, ties in time keep a fixed order, and gzip output carries no name and mtime 0.
@@ -27,8 +27,8 @@ import numpy as np
 import orjson
 import polars as pl
 
-from bestmatch import market_behaviour as mb
-from bestmatch import market_vocabulary as vocab
+from bestmatch.simulator import behaviour as mb
+from bestmatch.simulator import vocabulary as vocab
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 EXPERIENCE_LEVELS = ("entry", "intermediate", "expert")

@@ -1,0 +1,8 @@
+"""Benchmarks: figures side by side with a baseline measured in the same run (`bestmatch bench`).
+
+- `flow`: backfill throughput and stream freshness of the feature flow.
+- `serving`: `/v1/rank` latency and throughput beside the floor and the Feast client path.
+- `serving_floor`: the floor, the least a ranking endpoint does, in a process of its own.
+- `training_set`: the point-in-time training set, Feast's `get_historical_features` against
+  the fast path.
+"""

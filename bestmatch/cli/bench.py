@@ -1,0 +1,143 @@
+"""`bestmatch bench ...`: benchmarks that print figures and ratios side by side. The commands
+read their options here; the measuring is in `bestmatch.benchmarks`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bestmatch.cli.options import last_backfill, need_file, read_settings
+from bestmatch.console import console, friendly, print_table
+
+bench_app = typer.Typer(
+    help="Benchmarks: figures and ratios against a baseline, side by side.", no_args_is_help=True
+)
+
+
+@bench_app.command("flow")
+@friendly
+def flow(
+    events: Annotated[int, typer.Option(min=100, help="Events for the backfill figures.")] = (
+        1_000_000
+    ),
+    rate: Annotated[float, typer.Option(min=1, help="Events/s published for freshness.")] = 2000.0,
+    duration: Annotated[float, typer.Option(min=0.5, help="Seconds of timed publishing.")] = 20.0,
+    trigger: Annotated[
+        float, typer.Option(min=0, help="The stream's change-log trigger, s (0: every batch).")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
+    redis_db: Annotated[int, typer.Option(min=0, help="The bench's own Redis database.")] = 15,
+    repeat: Annotated[
+        int,
+        typer.Option(min=1, help="Most runs per backfill stage (while a stage takes < 2 min)."),
+    ] = 3,
+    scaling: Annotated[
+        bool, typer.Option(help="Also time the flow with 2 workers and with 2 processes.")
+    ] = True,
+    skip_backfill: Annotated[bool, typer.Option(help="Skip the throughput figures.")] = False,
+    skip_freshness: Annotated[bool, typer.Option(help="Skip the freshness figures.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Use the Redis database even if it holds other keys (flushes it).")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
+) -> None:
+    """Backfill throughput (with its parse and engine ceilings) and stream freshness."""
+    from bestmatch.benchmarks.flow import bench_flow
+
+    bench_flow(
+        read_settings(),
+        events=events,
+        rate=rate,
+        duration=duration,
+        trigger=trigger,
+        seed=seed,
+        redis_db=redis_db,
+        repeat=repeat,
+        scaling=scaling,
+        skip_backfill=skip_backfill,
+        skip_freshness=skip_freshness,
+        force=force,
+        json_out=json_out,
+    )
+
+
+@bench_app.command("serve")
+@friendly
+def serve(
+    proposals: Annotated[int, typer.Option(min=1, max=500, help="Proposals per request.")] = 50,
+    requests: Annotated[int, typer.Option(min=1, help="Distinct requests to cycle.")] = 500,
+    duration: Annotated[float, typer.Option(help="Seconds per client count.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the requests.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Service processes (`bestmatch serve --workers`). [default: one per core]",
+            show_default=False,
+        ),
+    ] = None,
+    log_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of requests the service logs. [default: BESTMATCH_SERVE_LOG_RATE, 0.1]",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Ranking latency at 1 and 16 clients, beside a bare endpoint and the Feast client path."""
+    from bestmatch.benchmarks.serving import bench_serve
+    from serving.config import ServingSettings
+
+    # the model is downloaded three times (service, steps, floor): no progress bar each time
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    report = bench_serve(
+        read_settings(),
+        proposals=proposals,
+        requests=requests,
+        duration_s=duration,
+        seed=seed,
+        workers=workers or os.cpu_count() or 1,
+        log_rate=ServingSettings().log_rate if log_rate is None else log_rate,
+        progress=console.print,
+    )
+    print_table("POST /v1/rank vs Feast get_online_features + model", report.rows())
+
+
+@bench_app.command("training")
+@friendly
+def training(
+    events: Annotated[
+        Path | None,
+        typer.Option(help="Events file (default: the file of the last `bestmatch backfill`)."),
+    ] = None,
+    rows: Annotated[
+        int | None, typer.Option(help="Entity rows (proposals resampled to this many).")
+    ] = None,
+    repeat: Annotated[int, typer.Option(min=1, help="Runs of the fast path (median).")] = 3,
+    feast_repeat: Annotated[int, typer.Option(min=1, help="Runs of Feast's path.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the resampling.")] = 1,
+) -> None:
+    """Point-in-time training set: Feast's get_historical_features vs the fast path."""
+    from bestmatch.benchmarks.training_set import bench_training_set
+
+    settings = read_settings()
+    events = events or last_backfill(settings)
+    need_file(events, "--events")
+    report = bench_training_set(
+        settings,
+        events=events,
+        rows=rows,
+        repeat=repeat,
+        feast_repeat=feast_repeat,
+        seed=seed,
+        progress=console.print,
+    )
+    print_table("training set: Feast get_historical_features vs fast path", report.rows())

@@ -1,0 +1,65 @@
+"""A local `redis-server` for the commands, started when none answers at the configured URL."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
+
+from features.errors import StoreError
+
+
+def redis_reachable(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+
+
+def ensure_redis(url: str, workdir: Path) -> str | None:
+    """Start `redis-server` for a local URL that nothing answers; returns a note, or None."""
+    if redis_reachable(url):
+        return None
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        msg = f"Redis at {host}:{port} does not answer (BESTMATCH_REDIS_URL)"
+        raise StoreError(msg)
+    binary = shutil.which("redis-server")
+    if binary is None:
+        msg = "redis-server is not installed and no Redis answers: run ./scripts/demo.sh"
+        raise StoreError(msg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            host,
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(workdir.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str((workdir / "redis.log").resolve()),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not redis_reachable(url):
+        if time.monotonic() > deadline:
+            msg = f"started redis-server on port {port}, but it does not answer"
+            raise StoreError(msg)
+        time.sleep(0.05)
+    return f"started redis-server on {host}:{port} (stop it with: redis-cli -p {port} shutdown)"
