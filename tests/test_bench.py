@@ -13,7 +13,19 @@ from bestmatch.benchmarks.flow import MARKER, _with_db, pick_samples
 from bestmatch.cli import app
 from features.events import parse_event
 
-TINY = ["--events", "3000", "--duration", "3", "--rate", "200", "--repeat", "1", "--no-scaling"]
+TINY = [
+    "--events",
+    "3000",
+    "--duration",
+    "3",
+    "--rate",
+    "200",
+    "--repeat",
+    "1",
+    "--no-scaling",
+    "--recovery-entities",
+    "20000",
+]
 
 
 def invoke(args: list[str], redis_url: str, lake: Path) -> tuple[int, str]:
@@ -31,7 +43,16 @@ def test_bench_flow_reports_consistent_figures(redis_url: str, tmp_path: Path) -
 
     backfill = figures["backfill"]
     stages = backfill["stages"]
-    assert set(stages) == {"parse", "engine", "flow"}
+    assert set(stages) == {
+        "orjson",
+        "parse",
+        "sequence",
+        "shard",
+        "engine",
+        "delta_alone",
+        "redis_alone",
+        "flow",
+    }
     flow_rate = stages["flow"]["events_per_s"]
     for stage in stages.values():
         assert stage["events_per_s"] > 0
@@ -41,9 +62,22 @@ def test_bench_flow_reports_consistent_figures(redis_url: str, tmp_path: Path) -
     assert stages["engine"]["changes"] == stages["flow"]["changes"] > 0
     assert stages["flow"]["changes_per_s"] > 0
     assert stages["parse"]["events_per_s"] > stages["engine"]["events_per_s"]
+    assert stages["delta_alone"]["changes"] == stages["engine"]["changes"]
     assert backfill["goal_events_per_s"] == 100_000
+    # the engine's own steps add up to it; its state is measured per entity; the flow's memory
+    steps = ("parse", "sequence", "shard")
+    assert sum(stages[s]["seconds"] for s in steps) == pytest.approx(stages["engine"]["seconds"])
+    assert sum(backfill["share_of_engine"].values()) == pytest.approx(1.0)
+    assert backfill["entities"] > 0 and backfill["online_writes"] == backfill["entities"]
+    assert 0 < backfill["state_bytes_per_entity"] and 0 < backfill["saved_bytes_per_entity"]
+    assert backfill["peak_rss_bytes"]["flow"] > 50 * 2**20
 
-    fresh = figures["freshness"]
+    recovery = figures["recovery"]
+    assert recovery["entities"] == 20000 and recovery["changed_per_epoch"] == 200
+    assert 0 < recovery["checkpoint_bytes"] < recovery["whole_pickle_bytes"] / 10
+    assert recovery["checkpoint_share_of_epoch"] == pytest.approx(recovery["checkpoint_s"] / 2.0)
+
+    (fresh,) = figures["freshness"]
     assert fresh["sampled"] > 0
     assert fresh["observed"] == fresh["sampled"] and fresh["lost"] == 0
     assert 0 <= fresh["p50_ms"] <= fresh["p90_ms"] <= fresh["p99_ms"] <= fresh["max_ms"]

@@ -23,8 +23,13 @@ def flow(
     events: Annotated[int, typer.Option(min=100, help="Events for the backfill figures.")] = (
         1_000_000
     ),
-    rate: Annotated[float, typer.Option(min=1, help="Events/s published for freshness.")] = 2000.0,
-    duration: Annotated[float, typer.Option(min=0.5, help="Seconds of timed publishing.")] = 20.0,
+    rate: Annotated[
+        list[float] | None,
+        typer.Option(min=1, help="Events/s published for freshness (repeat for several rates)."),
+    ] = None,
+    duration: Annotated[
+        float, typer.Option(min=0.5, help="Seconds of timed publishing, per rate.")
+    ] = 10.0,
     trigger: Annotated[
         float, typer.Option(min=0, help="The stream's change-log trigger, s (0: every batch).")
     ] = 0.0,
@@ -45,14 +50,20 @@ def flow(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,
+    large_events: Annotated[
+        int, typer.Option(min=0, help="Also the backfill figures at this size (0: not).")
+    ] = 0,
+    recovery_entities: Annotated[
+        int, typer.Option(min=0, help="Entities for the checkpoint cost (0: skip it).")
+    ] = 1_000_000,
 ) -> None:
-    """Backfill throughput (with its parse and engine ceilings) and stream freshness."""
+    """Backfill throughput (with its steps and ceilings), recovery cost and stream freshness."""
     from bestmatch.benchmarks.flow import bench_flow
 
     bench_flow(
         read_settings(),
         events=events,
-        rate=rate,
+        rates=rate or [1000.0, 5000.0, 20000.0],
         duration=duration,
         trigger=trigger,
         seed=seed,
@@ -63,6 +74,8 @@ def flow(
         skip_freshness=skip_freshness,
         force=force,
         json_out=json_out,
+        large_events=large_events,
+        recovery_entities=recovery_entities,
     )
 
 
