@@ -60,22 +60,15 @@ _Country = Literal[tuple(sorted(COUNTRY_CODES))]  # type: ignore[valid-type]
 
 
 class _Line(msgspec.Struct, tag_field="event_type", forbid_unknown_fields=True, gc=False):
-    """What every event type answers, so each column is one attribute across all rows."""
-
-    type_code: ClassVar[int]
-    freelancer_id: ClassVar[str | None] = None
-    job_id: ClassVar[str | None] = None
-    client_id: ClassVar[str | None] = None
-    bid_amount: ClassVar[float] = math.nan
-    action: ClassVar[str] = ""
+    """A line of one event type. Each answers every column's attribute (class constants where
+    its type has no such field), so a column is one attribute read across all rows."""
 
 
 class _JobPostedLine(_Line, tag="job_posted"):
-    type_code: ClassVar[int] = _JOB
     event_id: _Id
     event_time: str
-    job_id: _Id  # type: ignore[misc]
-    client_id: _Id  # type: ignore[misc]
+    job_id: _Id
+    client_id: _Id
     title: str
     skills: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_JOB_SKILLS)]
     budget_type: Literal["hourly", "fixed"]
@@ -83,62 +76,57 @@ class _JobPostedLine(_Line, tag="job_posted"):
     budget_max: _Amount
     experience_level: Literal["entry", "intermediate", "expert"]
     category: str
+    type_code: ClassVar[int] = _JOB
+    freelancer_id: ClassVar[None] = None
+    bid_amount: ClassVar[float] = math.nan
+    action: ClassVar[str] = ""
 
 
 class _FreelancerProfileLine(_Line, tag="freelancer_profile"):
-    type_code: ClassVar[int] = _PROFILE
     event_id: _Id
     event_time: str
-    freelancer_id: _Id  # type: ignore[misc]
-    country: _Country
+    freelancer_id: _Id
+    country: _Country  # type: ignore[valid-type]
     hourly_rate: _Amount
     skills: tuple[str, ...]
     job_success: Annotated[float, msgspec.Meta(ge=0, le=100)] | None
     total_earned: _Amount
     top_rated: bool
+    type_code: ClassVar[int] = _PROFILE
+    job_id: ClassVar[None] = None
+    client_id: ClassVar[None] = None
+    bid_amount: ClassVar[float] = math.nan
+    action: ClassVar[str] = ""
 
 
 class _ProposalSubmittedLine(_Line, tag="proposal_submitted"):
-    type_code: ClassVar[int] = _SUBMITTED
     event_id: _Id
     event_time: str
     proposal_id: _Id
-    job_id: _Id  # type: ignore[misc]
-    client_id: _Id  # type: ignore[misc]
-    freelancer_id: _Id  # type: ignore[misc]
-    bid_amount: Annotated[float, msgspec.Meta(gt=0)]  # type: ignore[misc]
+    job_id: _Id
+    client_id: _Id
+    freelancer_id: _Id
+    bid_amount: Annotated[float, msgspec.Meta(gt=0)]
     cover_letter: Annotated[str, msgspec.Meta(max_length=MAX_COVER_LETTER_CHARS)]
+    type_code: ClassVar[int] = _SUBMITTED
+    action: ClassVar[str] = ""
 
 
 class _ProposalActionLine(_Line, tag="proposal_action"):
-    type_code: ClassVar[int] = _ACTION
     event_id: _Id
     event_time: str
     proposal_id: _Id
-    job_id: _Id  # type: ignore[misc]
-    client_id: _Id  # type: ignore[misc]
-    freelancer_id: _Id  # type: ignore[misc]
-    action: Literal[ACTIONS]  # type: ignore[misc, valid-type]
+    job_id: _Id
+    client_id: _Id
+    freelancer_id: _Id
+    action: Literal["viewed", "shortlisted", "messaged", "archived", "hired"]  # ACTIONS
+    type_code: ClassVar[int] = _ACTION
+    bid_amount: ClassVar[float] = math.nan
 
 
 _DECODE = msgspec.json.Decoder(
     _JobPostedLine | _FreelancerProfileLine | _ProposalSubmittedLine | _ProposalActionLine
 ).decode
-
-
-def _profile_event(line: _JobPostedLine | _FreelancerProfileLine, event_time: int) -> Event | None:
-    """The event `parse_event` builds: its fields in its order (the Struct declares them in the
-    dataclass's order); None for a job whose budgets are the wrong way round, a rule msgspec
-    cannot state."""
-    fields = msgspec.structs.asdict(line)
-    fields["event_time"] = event_time
-    if line.type_code == _PROFILE:
-        fields["event_type"] = "freelancer_profile"
-        return _frozen(FreelancerProfile, fields)
-    if fields["budget_min"] > fields["budget_max"]:
-        return None
-    fields["event_type"] = "job_posted"
-    return _frozen(JobPosted, fields)
 
 
 # --- times --------------------------------------------------------------------------------------
@@ -287,14 +275,7 @@ def parse_lines(lines: Sequence[bytes]) -> tuple[EventBatch, list[tuple[int, Rej
     line = np.delete(np.arange(len(lines), dtype=np.int64), slow_lines)
     codes = np.array(type_code, np.int8)
     micros, refused = _event_times(event_time)
-    profile_rows = np.flatnonzero(codes <= _PROFILE)
-    profiles: dict[int, Event] = {}
-    for row, item in zip(profile_rows.tolist(), profile_lines, strict=True):
-        event = None if refused[row] else _profile_event(item, int(micros[row]))
-        if event is None:
-            refused[row] = True
-        else:
-            profiles[row] = event
+    profiles = _profiles(profile_lines, np.flatnonzero(codes <= _PROFILE), micros, refused)
     columns: dict[str, Any] = {
         "event_id": event_id,
         "event_type": codes,
@@ -314,13 +295,42 @@ def parse_lines(lines: Sequence[bytes]) -> tuple[EventBatch, list[tuple[int, Rej
     slow_events: list[tuple[int, Event]] = []
     for index in sorted(slow_lines):
         result = parse_event(lines[index])
-        if type(result) is Rejection:
+        if isinstance(result, Rejection):
             rejections.append((index, result))
         else:
-            slow_events.append((index, result))  # type: ignore[arg-type]
+            slow_events.append((index, result))
     if slow_events:
         line, columns, profiles = _merge(line, columns, profiles, slow_events)
     return EventBatch(line=line, profiles=profiles, **columns), rejections
+
+
+def _profiles(
+    items: list[_JobPostedLine | _FreelancerProfileLine],
+    rows: np.ndarray,
+    micros: np.ndarray,
+    refused: np.ndarray,
+) -> dict[int, Event]:
+    """The events `parse_event` builds for these rows: their fields in its order (each Struct
+    declares them in its dataclass's order). A job whose budgets are the wrong way round, a rule
+    msgspec cannot state, is marked refused."""
+    profiles: dict[int, Event] = {}
+    asdict = msgspec.structs.asdict
+    for row, item, event_time, bad in zip(
+        rows.tolist(), items, micros[rows].tolist(), refused[rows].tolist(), strict=True
+    ):
+        if bad:
+            continue
+        fields = asdict(item)
+        fields["event_time"] = event_time
+        if item.type_code == _PROFILE:
+            fields["event_type"] = "freelancer_profile"
+            profiles[row] = _frozen(FreelancerProfile, fields)
+        elif fields["budget_min"] <= fields["budget_max"]:
+            fields["event_type"] = "job_posted"
+            profiles[row] = _frozen(JobPosted, fields)
+        else:
+            refused[row] = True
+    return profiles
 
 
 def _drop(
