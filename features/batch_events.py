@@ -159,7 +159,7 @@ def _shaped_times(chars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ok = (chars[:, list(fixed)] == expected).all(axis=1)
     digits = chars[:, _DATE_DIGITS + list(range(20, 20 + places))] - np.uint8(ord("0"))
     ok &= (digits <= 9).all(axis=1)  # a byte below "0" wrapped round to above 9
-    d = digits.astype(np.int64)
+    d = np.minimum(digits, 9).astype(np.int64)  # tables are indexed by any digits, valid or not
     pairs = d[:, 0:14:2] * 10 + d[:, 1:14:2]  # YY YY MM DD hh mm ss
     year = pairs[:, 0] * 100 + pairs[:, 1]
     month, day, hour, minute, second = pairs[:, 2:].T
@@ -237,7 +237,9 @@ class EventBatch:
 
 
 _CHUNK = 256  # lines decoded at a time: their Structs are freed while still in the cache
-_UNDECODED = (msgspec.DecodeError, ValueError, TypeError)  # whatever it is, parse_event says
+# Whatever stops the fast decoder (a rule, bad JSON, a str it cannot encode, nesting too deep for
+# it: a RecursionError), parse_event has the last word.
+_UNDECODED = Exception
 
 
 def parse_lines(lines: Sequence[bytes]) -> tuple[EventBatch, list[tuple[int, Rejection]]]:
