@@ -470,7 +470,11 @@ def test_measure_reports_both_rates_from_one_run() -> None:
     lines = [dumps(VALID[kind]) for kind in EVENT_TYPES] * 10
     figures = measure(lines, batch=7, repeat=1)
     assert figures["lines"] == 40
-    assert figures["parse_event_per_s"] > 0 and figures["parse_lines_per_s"] > 0
+    rates = ("parse_lines_per_s", "parse_event_per_s", "parse_event_dropped_per_s")
+    assert all(figures[name] > 0 for name in rates)
     assert figures["ratio"] == pytest.approx(
         figures["parse_lines_per_s"] / figures["parse_event_per_s"]
+    )
+    assert figures["ratio_dropped"] == pytest.approx(
+        figures["parse_lines_per_s"] / figures["parse_event_dropped_per_s"]
     )
