@@ -244,8 +244,14 @@ _UNDECODED = Exception
 
 
 # What is read from every decoded line, straight into a column.
-_READ = tuple(
-    ["event_id", "event_time", "freelancer_id", "job_id", "client_id", "bid_amount", "type_code"]
+_READ = (
+    "event_id",
+    "event_time",
+    "freelancer_id",
+    "job_id",
+    "client_id",
+    "bid_amount",
+    "type_code",
 )
 _READ_ACTION = attrgetter("action")
 _IS_PROFILE = (True, True, False, False)  # by type code

@@ -24,7 +24,7 @@ from flows.logic import SequencerLogic, ShardLogic, parse_batch
 from flows.sinks import ChangelogSink, DeadLetterSink, OnlineSink
 from flows.sources import JsonlSource
 
-DEFAULT_SHARDS = 16
+DEFAULT_SHARDS = 4  # at least the workers of the cluster (`--shards` for more)
 
 
 def build_flow(

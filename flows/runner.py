@@ -73,7 +73,7 @@ def run_stream(
     workers: int = 1,
     processes: int = 1,
     shards: int = DEFAULT_SHARDS,
-    trigger_s: float = 0.0,
+    trigger_s: float = 1.0,
     epoch_s: float = 2.0,
     batch_size: int = 2000,
 ) -> None:

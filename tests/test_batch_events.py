@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bestmatch.marketplace import simulate
+from bestmatch.simulator import simulate
 from features.batch_events import EventBatch, measure, parse_lines
 from features.events import (
     ACTIONS,

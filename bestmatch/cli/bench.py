@@ -32,7 +32,7 @@ def flow(
     ] = 10.0,
     trigger: Annotated[
         float, typer.Option(min=0, help="The stream's change-log trigger, s (0: every batch).")
-    ] = 0.0,
+    ] = 1.0,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
     redis_db: Annotated[int, typer.Option(min=0, help="The bench's own Redis database.")] = 15,
     repeat: Annotated[

@@ -89,7 +89,7 @@ def stream(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 9108,
     trigger: Annotated[
         float, typer.Option(help="Change-log trigger in seconds (0: continuous, every batch).")
-    ] = 0.0,
+    ] = 1.0,
 ) -> None:
     """Run the feature flow on the event bus until stopped; resumes after a crash."""
     from flows.runner import run_stream

@@ -69,7 +69,7 @@ class StreamProcess:
         self.log = log
         self.port = metrics_port or free_port()
         self.workers = workers
-        self.options = [*(["--trigger", str(trigger_s)] if trigger_s else []), *options]
+        self.options = [*(["--trigger", str(trigger_s)] if trigger_s is not None else []), *options]
         self.starts = 0
         self.child: Child | None = None
 
