@@ -8,8 +8,8 @@ How: a fast path that only ever *accepts*, and `parse_event` itself for everythi
 - msgspec decodes each line into a typed Struct, one per event type, tagged by `event_type`, with
   the contract's rules as constraints (ids of 1-128 characters, amounts >= 0, bid > 0, the enums,
   the country codes, at most 50 job skills, cover letters of at most 10,000 characters). Unknown
-  fields are refused, so an extra field (and with it any nesting msgspec would skip without
-  checking as orjson does) takes the slow path. A line that does not decode goes to `parse_event`.
+  fields are refused, so a line with an extra field (anything msgspec would have to skip unread)
+  takes the slow path, as does every line that does not decode, whatever the reason.
 - Where msgspec and orjson could read a line differently the fast path refuses: numbers that
   overflow a double are "out of range" to msgspec and invalid JSON to orjson; a repeated
   `event_type` with another value is an error to msgspec, and any other repeated key is read last
@@ -244,16 +244,15 @@ _UNDECODED = Exception
 
 
 # What is read from every decoded line, straight into a column.
-_READ = tuple(
-    ["event_id", "event_time", "freelancer_id", "job_id", "client_id", "bid_amount", "type_code"]
-)
+_READ: tuple[str, ...] = ("event_id", "event_time", "freelancer_id", "job_id", "client_id")
+_READ += ("bid_amount", "type_code")
 _READ_ACTION = attrgetter("action")
 _IS_PROFILE = (True, True, False, False)  # by type code
 
 
-def parse_lines(lines: Sequence[bytes]) -> tuple[EventBatch, list[tuple[int, Rejection]]]:
+def parse_lines(lines: Sequence[bytes | str]) -> tuple[EventBatch, list[tuple[int, Rejection]]]:
     """Every line parsed; rejections as (line index, Rejection) with exactly parse_event's raw
-    and reason, in line order."""
+    and reason, in line order. A line is what `parse_event` takes: bytes-like or str."""
     columns: dict[str, Any] = {name: [] for name in _READ}
     reads = [(columns[name].extend, attrgetter(name)) for name in _READ]
     type_code: list[int] = columns["type_code"]
