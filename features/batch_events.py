@@ -259,12 +259,13 @@ def parse_lines(lines: Sequence[bytes | str]) -> tuple[EventBatch, list[tuple[in
     action: list[int] = []
     profile_lines: list[_JobPostedLine | _FreelancerProfileLine] = []
     slow_lines: list[int] = []
+    decode = _DECODE
     for start in range(0, len(lines), _CHUNK):
         decoded: list[Any] = []
         keep = decoded.append
-        for index in range(start, min(start + _CHUNK, len(lines))):
+        for index, raw in enumerate(lines[start : start + _CHUNK], start):
             try:
-                keep(_DECODE(lines[index]))
+                keep(decode(raw))
             except _UNDECODED:
                 slow_lines.append(index)
         for extend, read in reads:  # C loops, no Python frame a row
