@@ -18,6 +18,8 @@ How: a fast path that only ever *accepts*, and `parse_event` itself for everythi
 - Times in the simulator's shape (`YYYY-MM-DDTHH:MM:SS[.fff|.ffffff]Z`) are read with array
   arithmetic, the same arithmetic as `parse_time`; any other time string goes through `parse_time`,
   and a line whose time it refuses, or whose budget_min exceeds its budget_max, to `parse_event`.
+
+`python -m features.batch_events FILE.jsonl` times `parse_lines` beside `parse_event` (`measure`).
 """
 
 from __future__ import annotations
@@ -138,8 +140,8 @@ _SHAPES = {24: 3, 20: 0, 27: 6}
 _SEPARATOR = "|"  # between the texts when they are joined; in no time of these shapes
 _FIXED = {4: "-", 7: "-", 10: "T", 13: ":", 16: ":"}
 _DATE_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
-# Days from the epoch to 1 January of each year 0-9999 (year 0 is refused before it is used), and
-# the proleptic Gregorian calendar's months, indexed by any two digits.
+# Days from the epoch to 1 January of each year 0-9999 (year 0 is refused), and the proleptic
+# Gregorian calendar's months, indexed by any two digits (0 days in a month past 12).
 _YEAR_START = (
     np.arange("0000", "10000", dtype="datetime64[Y]").astype("datetime64[D]").astype(np.int64)
 )
