@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import orjson
@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bestmatch.simulator import simulate
+from features import batch_events
 from features.batch_events import EventBatch, measure, parse_lines
 from features.events import (
     ACTIONS,
@@ -464,6 +465,21 @@ def test_the_simulators_stream_dirty_lines_included(tmp_path: Path) -> None:
         rejected += len(parse_lines(lines[start : start + 10_000])[1])
         assert_same(lines[start : start + 10_000])
     assert rejected == report.invalid
+
+
+def test_the_fast_paths_enums_are_the_contracts() -> None:
+    schema = {
+        name: set(get_args(field))
+        for line in (batch_events._JobPostedLine, batch_events._ProposalActionLine)
+        for name, field in get_type_hints(line).items()
+        if get_origin(field) is Literal
+    }
+    assert schema == {
+        "budget_type": set(BUDGET_TYPES),
+        "experience_level": set(EXPERIENCE_LEVELS),
+        "action": set(ACTIONS),
+    }
+    assert set(get_args(batch_events._Country)) == COUNTRY_CODES
 
 
 def test_measure_reports_both_rates_from_one_run() -> None:
