@@ -265,7 +265,7 @@ class KindState:
         # profiles: values of every profile event kept, their equality class, by reference
         self.profiles: list[Values] = []
         self.profile_times: list[int] = []
-        self.profile_eq: list[int] = []
+        self.profile_eq = np.zeros(16, _I64)  # by reference: its equality class
         self.eq_classes: dict[Values, int] = {}
         self.rows: list[_Rows] = []
         specs = features_of(plan.entity)
@@ -276,7 +276,7 @@ class KindState:
                 for slot, _ in plan.last
             ]
         )
-        self.profile_chunks: list[pa.RecordBatch] = []
+        self.profile_chunks: list[pa.Table] = []
         self._profile_table: pa.Table | None = None
         self.id_column = np.empty(16, dtype=object)  # `ids` as a column, for tables
         self._ids_in_column = 0
@@ -331,10 +331,13 @@ class KindState:
     def _profile(self, event: Event) -> int:
         values = tuple(getattr(event, name) for _, name in self.plan.last)
         eq = self.eq_classes.setdefault(values, len(self.eq_classes))
+        ref = len(self.profiles)
         self.profiles.append(values)
         self.profile_times.append(event.event_time)
-        self.profile_eq.append(eq)
-        return len(self.profiles) - 1
+        if ref == len(self.profile_eq):
+            self.profile_eq = np.concatenate([self.profile_eq, np.zeros(ref, _I64)])
+        self.profile_eq[ref] = eq
+        return ref
 
     def _keep_columns(self, first: int) -> None:
         """The profiles from `first` on as Arrow columns too, for change-log tables."""
@@ -349,16 +352,18 @@ class KindState:
             elif dtype is Dtype.STRINGS:  # pyarrow converts lists hundreds of times faster
                 values = [None if v is None else list(v) for v in values]
             arrays.append(pa.array(values, offline_layout.ARROW_TYPES[dtype]))
-        self.profile_chunks.append(pa.RecordBatch.from_arrays(arrays, names=self._last_names))
+        chunks = self.profile_chunks
+        chunks.append(pa.Table.from_arrays(arrays, names=self._last_names))
+        # merge a chunk into the one before it once that is at most twice its size: a few chunks
+        # of geometric sizes, each profile copied O(log n) times in all
+        while len(chunks) > 1 and chunks[-2].num_rows <= 2 * chunks[-1].num_rows:
+            last = chunks.pop()
+            chunks[-1] = pa.concat_tables([chunks[-1], last]).combine_chunks()
         self._profile_table = None
 
     def _profile_columns(self) -> pa.Table:
         if self._profile_table is None:
-            table = pa.Table.from_batches(self.profile_chunks, schema=self._last_schema)
-            if len(self.profile_chunks) > 32:  # take() from few chunks
-                table = table.combine_chunks()
-                self.profile_chunks = table.to_batches()
-            self._profile_table = table
+            self._profile_table = pa.concat_tables(self.profile_chunks)
         return self._profile_table
 
     # -- a batch --
@@ -489,15 +494,15 @@ class KindState:
                 count = g_counts[:, wi]
                 with np.errstate(invalid="ignore", divide="ignore"):
                     g_means[:, k] = np.where(count > 0, sums.to_double(totals) / count, np.nan)
-                slow = np.zeros(self.ref.shape[0], np.bool_)
-                slow[ent[odd[:, k]]] = True
-                slow[g_ent[~sums.fits(totals)]] = True
-                for number in self.odd[k]:
-                    slow[number] = True
-                if slow[g_ent].any():
-                    self._exact_means(
-                        k, val[:, k], ends, g_ent, g_counts[:, wi], g_means[:, k], slow
-                    )
+                fit = sums.fits(totals)
+                if self.odd[k] or odd[:, k].any() or not fit.all():
+                    slow = set(ent[odd[:, k]].tolist()) | set(g_ent[~fit].tolist())
+                    slow.update(n for n in np.unique(g_ent).tolist() if n in self.odd[k])
+                    if slow:
+                        groups = np.isin(g_ent, np.fromiter(slow, _I64, len(slow)))
+                        self._exact_means(
+                            k, val[:, k], ends, g_ent, g_counts[:, wi], g_means[:, k], groups
+                        )
 
         # profiles: the one in force at each group (the state's before the batch, then the
         # latest by event time among the entity's profile events so far; a tie goes to the later)
@@ -526,11 +531,10 @@ class KindState:
         filled = np.where(g_ref != -2, np.arange(len(ends)), 0)
         np.maximum.accumulate(filled, out=filled)
         g_ref = g_ref[filled]
-        eq_of = np.asarray(self.profile_eq, dtype=_I64)
         g_eq = np.full(len(ends), -1, _I64)
         has = g_ref >= 0
         if has.any():
-            g_eq[has] = eq_of[g_ref[has]]
+            g_eq[has] = self.profile_eq[g_ref[has]]
 
         # compare each group's vector with the one before it (the state's at a run's start)
         prev_counts = np.empty_like(g_counts)
@@ -579,13 +583,13 @@ class KindState:
         g_ent: np.ndarray,
         g_count: np.ndarray,
         out: np.ndarray,
-        slow: np.ndarray,
+        groups: np.ndarray,
     ) -> None:
-        """Mean k at the groups of `slow` entities, from exact Python integers (odd values)."""
+        """Mean k at the chosen groups (all of their entities'), from exact Python integers."""
         odd = self.odd[k]
         starts = np.append(0, ends[:-1] + 1)
         running: dict[int, int] = {}
-        for g in np.flatnonzero(slow[g_ent]).tolist():
+        for g in np.flatnonzero(groups).tolist():
             number = int(g_ent[g])
             total = running.get(number)
             if total is None:
@@ -747,9 +751,8 @@ class KindState:
         heapq.heapify(kept)
         self.exits = kept
         self.eq_classes = {}
-        self.profile_eq = [
-            self.eq_classes.setdefault(v, len(self.eq_classes)) for v in self.profiles
-        ]
+        classes = [self.eq_classes.setdefault(v, len(self.eq_classes)) for v in self.profiles]
+        self.profile_eq = np.array(classes + [0] * max(16, len(classes)), _I64)
         self.profile_chunks = []
         self._profile_table = None
         if self.profiles:
@@ -965,16 +968,19 @@ class Sequencer:
 
     def _forget(self, horizon: int) -> None:
         """Forget the ids whose time is before `horizon`: a repeat of one is late."""
-        kept = []
         seen = self.seen
-        for times, ids in self._expiry:
+        expiry = self._expiry
+        done = 0  # batches arrive in clock order: forget from the oldest, stop at a live one
+        for times, ids in expiry:
             gone = bisect.bisect_left(times, horizon)
             for t, event_id in zip(times[:gone], ids[:gone], strict=True):
                 if seen.get(event_id) == t:
                     del seen[event_id]
             if gone < len(times):
-                kept.append((times[gone:], ids[gone:]) if gone else (times, ids))
-        self._expiry = kept
+                expiry[done] = (times[gone:], ids[gone:])
+                break
+            done += 1
+        del expiry[:done]
 
 
 __all__ = [
