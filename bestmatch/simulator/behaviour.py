@@ -3,11 +3,11 @@
 Everything is drawn columnar with numpy from one Generator in a fixed order, so one seed gives one
 market. Times are integer milliseconds since the Unix epoch, UTC.
 
-Clients decide on proposals from what the features of CONTRACT §2 can see — skill overlap between
-freelancer and job, bid against budget, the freelancer's shortlists and hires of the last 30 days,
-job_success, top_rated, a burst of proposals in the last hour or day, the competition on the job —
-plus a hidden quality that no feature shows. So a ranker trained on the features has something real
-to learn, and cannot learn everything.
+Clients decide on proposals from what the features (docs/contract.md §2) can see — skill overlap
+between freelancer and job, bid against budget, the freelancer's shortlists and hires of the last
+30 days, job_success, top_rated, a burst of proposals in the last hour or day, the competition on
+the job — plus a hidden quality that no feature shows. So a ranker trained on the features has
+something real to learn, and cannot learn everything.
 """
 
 from __future__ import annotations

@@ -418,7 +418,7 @@ _TYPE_FIELDS = {  # a required field to drop, per event type
 
 
 def corrupt(line: str, rng: np.random.Generator, number: int) -> str:
-    """An invalid variant of a valid event line, one broken rule of CONTRACT §1."""
+    """An invalid variant of a valid event line, one broken rule of docs/contract.md §1."""
     event = orjson.loads(line)
     event["event_id"] = f"x-{number:08d}"  # never the id of a valid event
     kind = event["event_type"]
