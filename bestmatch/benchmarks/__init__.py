@@ -2,6 +2,7 @@
 
 - `flow`: backfill throughput and stream freshness of the feature flow.
 - `serving`: `/v1/rank` latency and throughput beside the floor and the Feast client path.
+- `load`: the HTTP clients that drive an endpoint and time its answers.
 - `serving_floor`: the floor, the least a ranking endpoint does, in a process of its own.
 - `training_set`: the point-in-time training set, Feast's `get_historical_features` against
   the fast path.

@@ -32,7 +32,7 @@ the verdict inconsistent, but it is the share of answers that a fresher store wo
 A log written before stamps were kept is compared as of `served_at`.
 
 On a healthy platform every count but `rows` (and `stale`) is zero: the online store holds exactly
-what the change log says it held (CONTRACT §2). One thing to know when reading it: a running
+what the change log says it held (docs/contract.md §2). One thing to know when reading it: a running
 stream writes its newest instant's change-log rows only once its clock moves past it, or once the
 bus has been quiet for a second (flows/sources.py); Redis has them at once. Values served from
 that instant show as mismatches until then: check a quiet stream, or with `--since` / later.

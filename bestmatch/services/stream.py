@@ -51,8 +51,9 @@ class StreamProcess:
     """One `bestmatch stream` at a time on `settings`' stores, its output appended to `log` and
     its metrics on `metrics_port` (default: a free port).
 
-    The child runs in a process group of its own, so a terminal's Ctrl-C reaches only the
-    command that started it, which stops it itself (`stop`, or leaving a `with` block).
+    The child runs in a session of its own, as a `bestmatch stream` started in its own terminal
+    would (Linux schedules each session as a group): a terminal's Ctrl-C reaches only the command
+    that started it, which stops it itself (`stop`, or leaving a `with` block).
     """
 
     def __init__(
@@ -92,7 +93,7 @@ class StreamProcess:
                 env=child_env(**stream_env(self.settings)),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                process_group=0,
+                start_new_session=True,
             )
 
     def start(self) -> StreamProcess:
