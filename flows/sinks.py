@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -78,8 +79,13 @@ class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
         self._trigger_s = trigger_s
         self._max_rows = max_rows
         self._last_flush = time.monotonic()
+        # Commits run on a thread of their own, in order, so a stream's next batches (and their
+        # Redis writes) do not wait for Delta; an epoch ends only once they are all done.
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changelog")
+        self._commits: list[Future[None]] = []
 
     def write_batch(self, values: list[ShardOutput]) -> None:
+        self._reap()
         for out in values:
             lane = f"shard-{out.shard}"
             for name, table in out.tables.items():
@@ -110,16 +116,35 @@ class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
         self._last_flush = time.monotonic()
         for name, tables in buffered.items():
             if tables:
-                table = pa.concat_tables(tables)
-                self._lanes[name].commit(table, marks[name], [offline_layout.PARTITION_COLUMN])
-                METRICS.changes.inc(table.num_rows)
+                self._commits.append(
+                    self._committer.submit(self._commit, name, tables, marks[name])
+                )
+
+    def _commit(self, name: str, tables: list[pa.Table], marks: dict[str, int]) -> None:
+        table = pa.concat_tables(tables)
+        self._lanes[name].commit(table, marks, [offline_layout.PARTITION_COLUMN])
+        METRICS.changes.inc(table.num_rows)
+
+    def _reap(self) -> None:
+        """Raise a failed commit's error here, in the flow; forget the finished ones."""
+        while self._commits and self._commits[0].done():
+            self._commits.pop(0).result()
+
+    def _wait(self) -> None:
+        while self._commits:
+            self._commits.pop(0).result()
 
     def snapshot(self) -> None:
         # An epoch ends: everything before it must be durable before Bytewax records the epoch.
         self.flush()
+        self._wait()
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.flush()
+            self._wait()
+        finally:
+            self._committer.shutdown(wait=True)
 
 
 class ChangelogSink(FixedPartitionedSink[ShardOutput, None]):
