@@ -60,7 +60,7 @@ def build_flow(
     dead = op.flat_map("take_dead_letters", outputs, _dead_letters)
     work = op.flat_map("take_shard_work", outputs, _shard_work)
     by_shard = op.key_on("shard_entities", work, lambda w: w.shard)
-    state_dir = checkpoint_dir(settings) / "state" if recoverable else None
+    state_dir = state_dir_of(settings) if recoverable else None
     aggregated = op.stateful_batch(
         "aggregate_features", by_shard, lambda state: ShardLogic(state_dir, fresh_online, state)
     )
@@ -82,6 +82,11 @@ def build_flow(
 def checkpoint_dir(settings: Settings) -> Path:
     """The recovery folder: local, beside a local lake or where `BESTMATCH_CHECKPOINTS` says."""
     return settings.checkpoint_root / "features"
+
+
+def state_dir_of(settings: Settings) -> Path:
+    """Where the shards keep their journals (`flows.journal`), beside Bytewax's recovery."""
+    return settings.checkpoint_root / "features-state"
 
 
 def source_step_id(source: Source) -> str:

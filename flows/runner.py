@@ -24,13 +24,15 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from features.errors import FlowError
 from features.offline_layout import create_changelog_tables
 from features.settings import Settings
-from flows.flow import DEFAULT_SHARDS, build_flow, checkpoint_dir
+from flows.flow import DEFAULT_SHARDS, build_flow, checkpoint_dir, state_dir_of
 from flows.sources import JsonlSource, RedisStreamSource
 
 RECOVERY_PARTITIONS = 4
 
 
-def _recovery(directory: Path, fresh: bool) -> RecoveryConfig:
+def _recovery(directory: Path, fresh: bool, state: Path) -> RecoveryConfig:
+    if fresh:
+        shutil.rmtree(state, ignore_errors=True)
     if fresh and directory.exists():
         shutil.rmtree(directory)
     if not directory.exists():
@@ -56,7 +58,7 @@ def run_backfill(
     epoch spans the whole run, since a backfill is simply run again after a crash).
     """
     if checkpoint:
-        _recovery(checkpoint_dir(settings), fresh=True)
+        _recovery(checkpoint_dir(settings), fresh=True, state=state_dir_of(settings))
     options = {
         "events": events,
         "until": until,
@@ -78,7 +80,7 @@ def run_stream(
     batch_size: int = 2000,
 ) -> None:
     """The event bus, until stopped; resumes after a crash with nothing lost or counted twice."""
-    _recovery(checkpoint_dir(settings), fresh=False)
+    _recovery(checkpoint_dir(settings), fresh=False, state=state_dir_of(settings))
     options = {
         "shards": shards,
         "trigger_s": trigger_s,
