@@ -4,7 +4,7 @@ The Bytewax flow in `flows/` holds one `Sequencer` (the stream's order: de-dupli
 lateness, the clock) and one `ShardEngine` per shard of entities, and only moves batches between
 them. Tests and benchmarks drive the same classes directly.
 
-What a shard computes (CONTRACT §2). An admitted event reaches each entity it changes with the
+What a shard computes (docs/contract.md §2). An admitted event reaches each entity it changes with the
 stream's clock `c` when it was admitted. For a windowed feature it counts from `c` (its change is
 stamped with the clock, never with a rewritten past) until its tile leaves the window, at
 `floor_hop(event_time) + length + hop`; an event whose tile has left already changes nothing.

@@ -2,7 +2,7 @@
 
     BestMatchError            anything this platform raises on purpose
     ├── ConfigError           a setting is missing or malformed (names the variable, never a secret)
-    ├── InvalidEventError     an event breaks CONTRACT §1 (carries the field and the reason)
+    ├── InvalidEventError     an event breaks docs/contract.md §1 (carries the field and the reason)
     ├── StoreError            an online/offline store is unreachable or holds something unexpected
     ├── FlowError             the feature flow stopped abnormally
     ├── ModelError            no registered model, or one whose feature list does not match

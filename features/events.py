@@ -1,4 +1,4 @@
-"""The four event types of CONTRACT §1 and the one parser that accepts or rejects them.
+"""The four event types of docs/contract.md §1 and the one parser that accepts or rejects them.
 
 `parse_event` never raises on bad data: it returns an event or a `Rejection` whose reason names the
 field and the value (`field bid_amount: must be > 0, got -5`). Times are stored as integer

@@ -1,4 +1,4 @@
-"""Every feature of CONTRACT §2, declared once as data.
+"""Every feature of docs/contract.md §2, declared once as data.
 
 Feast objects, the flow's state, the training columns and serving's feature list are all derived
 from `FEATURES`; nobody types a feature name twice.

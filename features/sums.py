@@ -1,7 +1,7 @@
 """Exact sums of doubles, as columns: the arithmetic behind every windowed mean. No I/O.
 
 A mean over a window is the correctly rounded sum of its values divided by their count, whatever
-the order in which values arrived or left (CONTRACT §2: the stream, a backfill and the oracle
+the order in which values arrived or left (docs/contract.md §2: the stream, a backfill and the oracle
 agree to the last bit). Floating-point running sums cannot promise that; integers can.
 
 Every value a mean sees is held as an integer number of 2**-64 units, split into three 40-bit

@@ -24,7 +24,7 @@ from flows.logic import SequencerLogic, ShardLogic, parse_batch
 from flows.sinks import ChangelogSink, DeadLetterSink, OnlineSink
 from flows.sources import JsonlSource
 
-DEFAULT_SHARDS = 4  # at least the workers of the cluster (`--shards` for more)
+DEFAULT_SHARDS = 4  # the most workers a cluster can use; fixed for the life of a checkpoint
 
 
 def build_flow(

@@ -1,4 +1,4 @@
-"""A deliberately naive, obviously correct reading of CONTRACT §2. Tests only.
+"""A deliberately naive, obviously correct reading of docs/contract.md §2. Tests only.
 
 No tiles, no clocks, no incremental state: every value is recomputed from the whole list of
 events by the definition's words.

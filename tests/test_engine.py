@@ -1,4 +1,4 @@
-"""The feature engine against CONTRACT §2's worked example and the brute-force oracle."""
+"""The feature engine against docs/contract.md §2's worked example and the brute-force oracle."""
 
 from __future__ import annotations
 
