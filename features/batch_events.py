@@ -55,7 +55,7 @@ from features.events import (
 _JOB, _PROFILE, _SUBMITTED, _ACTION = (EVENT_TYPES.index(t) for t in EVENT_TYPES)
 _ACTION_CODE = {action: code for code, action in enumerate(ACTIONS)} | {"": -1}
 
-# --- the fast path's schema: docs/contract.md §1 as msgspec constraints ---------------------------------
+# --- the fast path's schema: docs/contract.md §1 as msgspec constraints ------------------
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 _Amount = Annotated[float, msgspec.Meta(ge=0)]  # msgspec refuses what overflows to inf

@@ -4,9 +4,9 @@ The Bytewax flow in `flows/` holds one `Sequencer` (the stream's order: de-dupli
 lateness, the clock) and one `ShardEngine` per shard of entities, and only moves batches between
 them. Tests and benchmarks drive the same classes directly.
 
-What a shard computes (docs/contract.md §2). An admitted event reaches each entity it changes with the
-stream's clock `c` when it was admitted. For a windowed feature it counts from `c` (its change is
-stamped with the clock, never with a rewritten past) until its tile leaves the window, at
+What a shard computes (docs/contract.md §2). An admitted event reaches each entity it changes
+with the stream's clock `c` when it was admitted. For a windowed feature it counts from `c` (its
+change is stamped with the clock, never with a rewritten past) until its tile leaves the window, at
 `floor_hop(event_time) + length + hop`; an event whose tile has left already changes nothing.
 A profile feature takes the latest event by event time (a tie goes to the later event). So each
 feature of an entity is a step function of time whose steps fall on update clocks and on tile
@@ -934,9 +934,38 @@ class Sequencer:
         return rejected[0][1] if rejected else None
 
     def admit_batch(
-        self, ids: Sequence[str], times: Sequence[int]
-    ) -> tuple[list[int], list[int], list[tuple[int, str]]]:
-        """Admitted rows, the clock after each, and the rows rejected with why."""
+        self, ids: Sequence[str], times: Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+        """Admitted rows, the clock after each (int64 arrays), and the rows rejected with why.
+
+        A batch whose ids are all new (the usual case) is worked with array operations: a late
+        event never moves the clock (its time is below it), so the clock before each event is
+        the running maximum of the times before it, whichever are late. Any other batch takes
+        the loop, event by event.
+        """
+        when = np.asarray(times, dtype=_I64)
+        lateness = self.lateness_us
+        if not len(when):
+            return np.zeros(0, _I64), np.zeros(0, _I64), []
+        if not self.seen.keys().isdisjoint(ids) or len(set(ids)) != len(ids):
+            return self._admit_each(ids, when.tolist())
+        running = np.maximum.accumulate(np.maximum(when, self.clock))
+        before = np.empty_like(running)
+        before[0] = self.clock
+        before[1:] = running[:-1]
+        late = when < before - lateness
+        rows = np.flatnonzero(~late)
+        rejected = [(row, "late") for row in np.flatnonzero(late).tolist()]
+        self.clock = int(running[-1])
+        kept = when[rows]
+        self.seen.update(zip([ids[r] for r in rows.tolist()], kept.tolist(), strict=True))
+        self._remember(kept, [ids[r] for r in rows.tolist()])
+        self._forget(self.clock - lateness)
+        return rows, running[rows], rejected
+
+    def _admit_each(
+        self, ids: Sequence[str], times: list[int]
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
         clock = self.clock
         lateness = self.lateness_us
         seen = self.seen
@@ -960,11 +989,16 @@ class Sequencer:
             clocks.append(clock)
         self.duplicates += duplicates
         self.clock = clock
+        admitted = np.array(rows, dtype=_I64)
         if rows:
-            pairs = sorted((times[r], ids[r]) for r in rows)
-            self._expiry.append(([t for t, _ in pairs], [i for _, i in pairs]))
+            self._remember(np.array(times, dtype=_I64)[admitted], [ids[r] for r in rows])
         self._forget(clock - lateness)
-        return rows, clocks, rejected
+        return admitted, np.array(clocks, dtype=_I64), rejected
+
+    def _remember(self, times: np.ndarray, ids: list[str]) -> None:
+        """Keep a batch's admitted ids sorted by time, to forget them in order."""
+        order = np.argsort(times, kind="stable")
+        self._expiry.append((times[order].tolist(), [ids[i] for i in order.tolist()]))
 
     def _forget(self, horizon: int) -> None:
         """Forget the ids whose time is before `horizon`: a repeat of one is late."""

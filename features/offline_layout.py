@@ -1,9 +1,10 @@
 """The offline store's layout: one Delta change-log table per entity.
 
 A table holds a row whenever an entity's values change, stamped with the time of the change
-(docs/contract.md §2), so the latest row with `event_timestamp <= t` is the value at `t`. Columns, in
-order: the join key, `event_timestamp`, `created` (processing time; breaks ties between rows with
-the same `event_timestamp`, later wins), every feature of `features_of(entity)` in spec order, and
+(docs/contract.md §2), so the latest row with `event_timestamp <= t` is the value at `t`.
+Columns, in order: the join key, `event_timestamp`, `created` (processing time; breaks ties
+between rows with the same `event_timestamp`, later wins), every feature of `features_of(entity)`
+in spec order, and
 `day` (`YYYY-MM-DD` of `event_timestamp`, the partition column).
 
 TIMESTAMP features are stored at whole seconds: Feast's `UnixTimestamp` online value holds seconds,

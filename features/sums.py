@@ -1,8 +1,8 @@
 """Exact sums of doubles, as columns: the arithmetic behind every windowed mean. No I/O.
 
 A mean over a window is the correctly rounded sum of its values divided by their count, whatever
-the order in which values arrived or left (docs/contract.md §2: the stream, a backfill and the oracle
-agree to the last bit). Floating-point running sums cannot promise that; integers can.
+the order in which values arrived or left (docs/contract.md §2: the stream, a backfill and the
+oracle agree to the last bit). Floating-point running sums cannot promise that; integers can.
 
 Every value a mean sees is held as an integer number of 2**-64 units, split into three 40-bit
 limbs (`to_limbs`). Adding and removing values is then integer addition on int64 columns, exact

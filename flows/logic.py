@@ -165,8 +165,8 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
                     batch.seen_us,
                 )
             )
-        rows, clocks, rejected = self.state.sequencer.admit_batch(
-            events.event_id, events.event_time.tolist()
+        admitted, clock_of, rejected = self.state.sequencer.admit_batch(
+            events.event_id, events.event_time
         )
         for row, why in rejected:
             if why == "late":
@@ -182,10 +182,8 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
                 )
             else:
                 METRICS.duplicates.inc()
-        if not rows:
+        if not len(admitted):
             return
-        admitted = np.array(rows, np.int64)
-        clock_of = np.array(clocks, np.int64)
         for kind in ENTITIES:
             shard = batch.shards[kind.name][admitted]
             keep = shard >= 0

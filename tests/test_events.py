@@ -1,4 +1,4 @@
-"""Every rule of docs/contract.md §1, shown by the rejection it causes, plus round trips and fuzzing.
+"""Every rule of docs/contract.md §1, shown by the rejection it causes, round trips, fuzzing.
 
 A rejection's reason names the field and the value: `field bid_amount: must be > 0, got -5`.
 """
