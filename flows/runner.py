@@ -10,6 +10,7 @@ its last epoch, and the idempotent sinks make the replay invisible.
 from __future__ import annotations
 
 import ctypes
+import gc
 import multiprocessing
 import shutil
 import signal
@@ -159,6 +160,9 @@ def _execute(
             writers=workers * len(addresses or [None]),
         )
         epoch = timedelta(seconds=options["epoch_s"])
+    # Everything imported and built so far lives as long as the process: leave it out of the
+    # cyclic collector's scans, which otherwise walk it all on every full collection.
+    gc.freeze()
     cli_main(
         flow,
         workers_per_process=workers,
