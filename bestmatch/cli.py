@@ -136,22 +136,18 @@ def publish(
         typer.Option(min=0.001, help="Events per second (default: as fast as possible)."),
     ] = None,
 ) -> None:
-    """Append events to the event bus (a Redis Stream)."""
-    import redis
-
-    from features.bus import publish as send
+    """Append events to the event bus (a Redis Stream, or the Kafka topic of BESTMATCH_BUS)."""
+    from features.bus import iter_lines, publish_events
 
     settings = _settings()
     _need_file(events, "--events")
-    from bestmatch.services import ensure_redis
+    if settings.kafka is None:
+        from bestmatch.services import ensure_redis
 
-    ensure_redis(settings.redis_url, Path(settings.lake_path("redis")))
-    from features.bus import iter_lines
-
-    client = redis.Redis.from_url(settings.redis_url)
+        ensure_redis(settings.redis_url, Path(settings.lake_path("redis")))
     started = time.perf_counter()
-    with progress(f"publishing to {settings.stream_key}", total=None) as advance:
-        sent = send(client, settings.stream_key, iter_lines(events), rate=rate, progress=advance)
+    with progress(f"publishing to {settings.bus_name}", total=None) as advance:
+        sent = publish_events(settings, iter_lines(events), rate=rate, progress=advance)
     elapsed = time.perf_counter() - started
     console.print(f"published {sent:,} events in {elapsed:.1f} s ({sent / elapsed:,.0f}/s)")
 
@@ -181,7 +177,7 @@ def stream(
         start_http_server(metrics_port, registry=METRICS.registry)
         console.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics")
     _register_feast(settings)
-    console.print(f"streaming from {settings.stream_key}; Ctrl-C to stop")
+    console.print(f"streaming from {settings.bus_name}; Ctrl-C to stop")
     _stop_on_signals()
     run_stream(settings, workers=workers, processes=processes, trigger_s=trigger)
 

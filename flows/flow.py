@@ -13,6 +13,7 @@ from bytewax.inputs import Source
 
 from features.settings import Settings
 from flows.items import SequencerOutput
+from flows.kafka import KafkaSource, merge_partitions
 from flows.logic import SequencerLogic, ShardLogic, parse_batch
 from flows.sinks import ChangelogSink, DeadLetterSink, OnlineSink
 from flows.sources import JsonlSource
@@ -41,6 +42,8 @@ def build_flow(
     # its own source afresh while the sequencer and shards continue.
     raw = op.input(source_step_id(source), flow, source)
     parsed = op.map("parse_events", raw, parse_batch)
+    if isinstance(source, KafkaSource):  # partitions merged by stream time (docs/event-bus.md)
+        parsed = merge_partitions(parsed, source.list_parts())
     keyed = op.key_on("order_events", parsed, lambda _: "sequence")
     sequenced = op.stateful_batch(
         "sequence_events",
@@ -70,6 +73,8 @@ def build_flow(
 
 
 def source_step_id(source: Source) -> str:
+    if isinstance(source, KafkaSource):
+        return "read_kafka"
     return "read_file" if isinstance(source, JsonlSource) else "read_bus"
 
 

@@ -21,9 +21,11 @@ from typing import Any
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from features.errors import FlowError
+from features.bus import kafka_partitions
+from features.errors import ConfigError, FlowError
 from features.settings import Settings
 from flows.flow import DEFAULT_SHARDS, build_flow
+from flows.kafka import KafkaSource
 from flows.sources import JsonlSource, RedisStreamSource
 
 RECOVERY_PARTITIONS = 4
@@ -80,15 +82,25 @@ def run_stream(
     trigger_s: float = 0.0,
     epoch_s: float = 2.0,
     batch_size: int = 2000,
+    until_caught_up: bool = False,
 ) -> None:
-    """The event bus, until stopped; resumes after a crash with nothing lost or counted twice."""
-    _recovery(checkpoint_dir(settings), fresh=False)
-    options = {
+    """The event bus, until stopped; resumes after a crash with nothing lost or counted twice.
+
+    `until_caught_up` (Kafka only): stop once every partition is read to its end (a replay).
+    """
+    options: dict[str, Any] = {
         "shards": shards,
         "trigger_s": trigger_s,
         "epoch_s": epoch_s,
         "batch_size": batch_size,
+        "until_caught_up": until_caught_up,
     }
+    if settings.kafka is not None:  # one clear line now if the cluster cannot be reached
+        options["partitions"] = kafka_partitions(settings.kafka, settings.kafka_retry_s)
+    elif until_caught_up:
+        msg = "until_caught_up needs BESTMATCH_BUS=kafka://..."
+        raise ConfigError(msg)
+    _recovery(checkpoint_dir(settings), fresh=False)
     _launch(settings, "stream", options, workers, processes)
 
 
@@ -149,10 +161,9 @@ def _execute(
         if not options["checkpoint"]:
             recovery = None
     else:
-        source = RedisStreamSource(settings.redis_url, [settings.stream_key], options["batch_size"])
         flow = build_flow(
             settings,
-            source,
+            _bus_source(settings, options),
             shards=options["shards"],
             trigger_s=options["trigger_s"],
             recoverable=True,
@@ -165,6 +176,19 @@ def _execute(
         addresses=addresses,
         epoch_interval=epoch,
         recovery_config=recovery,
+    )
+
+
+def _bus_source(settings: Settings, options: dict[str, Any]) -> KafkaSource | RedisStreamSource:
+    if settings.kafka is None:
+        return RedisStreamSource(settings.redis_url, [settings.stream_key], options["batch_size"])
+    return KafkaSource(
+        settings.kafka,
+        options["partitions"],
+        options["batch_size"],
+        idle_ms=settings.kafka_idle_ms,
+        retry_s=settings.kafka_retry_s,
+        stop_at_end=options["until_caught_up"],
     )
 
 

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from features.settings import Settings
+from tests.kafka_fixtures import kafka_cluster, kafka_settings  # noqa: F401  (Kafka fixtures)
 
 
 def free_port() -> int:
