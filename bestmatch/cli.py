@@ -362,6 +362,7 @@ def demo(
     )
 
 
+import bestmatch.bench_kafka  # noqa: E402, F401  (registers `bestmatch bench kafka`)
 import bestmatch.bench_serving  # noqa: E402, F401  (registers `bestmatch bench serve`)
 import bestmatch.bench_training  # noqa: E402, F401  (registers `bestmatch bench training`)
 

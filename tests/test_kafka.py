@@ -156,10 +156,11 @@ def assert_holds(got: Settings, want: Settings, *, letters: Callable[[Settings],
 
 
 @pytest.mark.parametrize(
-    ("assignment", "options"),
+    ("assignment", "options", "how"),
     [
-        pytest.param(None, (), id="by-key"),
-        pytest.param(by_key_rotated, ("--processes", "2"), id="rotated-2-processes"),
+        pytest.param(None, (), "fork", id="by-key"),
+        # the installed command: its processes are children of its own
+        pytest.param(by_key_rotated, ("--processes", "2"), "cli", id="rotated-2-processes"),
     ],
 )
 def test_stream_equals_backfill(
@@ -168,6 +169,7 @@ def test_stream_equals_backfill(
     streams: Streams,
     assignment: Callable[[bytes], int] | None,
     options: tuple[str, ...],
+    how: How,
 ) -> None:
     events = random_events(seed=41, n=900)
     lines = in_order_dirty(events, seed=2)
@@ -177,8 +179,8 @@ def test_stream_equals_backfill(
     sent = publish_kafka(kafka_settings.kafka, lines, partition=assignment)
     assert sent == len(lines)
 
-    stream = new_stream(streams, kafka_settings, tmp_path, options=options)
-    if not options:
+    stream = new_stream(streams, kafka_settings, tmp_path, options=options, how=how)
+    if not options:  # with 2 processes, each has its own metrics
         stream.wait_read(sent, START_TIMEOUT)
     # once every partition is idle the stream closes its newest instant, as a backfill's end
     # does: the change log then holds every row

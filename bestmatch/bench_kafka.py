@@ -1,0 +1,332 @@
+"""`bestmatch bench kafka`: the Kafka bus beside the Redis Stream and the backfill, in one run.
+
+- Replay: the same events (a) by `bestmatch backfill` from a file and (b) by the stream flow
+  from a Kafka topic, read from its start to its end (`run_stream(until_caught_up=True)`: the
+  merge of docs/event-bus.md included) with the backfill's change-log trigger. Ratio (b)/(a).
+- Freshness: `bestmatch stream` on the Redis Stream, then on the topic, each fed the same
+  events at the same rate; publish (delivered to the bus) to visible in Redis, percentiles and
+  the ratio Kafka/Redis (`bestmatch bench flow`'s measurement, with Kafka's producer).
+
+The topic lives on librdkafka's mock cluster (3 brokers, 4 partitions per topic) in this process,
+unless `--bootstrap` names a real cluster (its topics must auto-create, or exist).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import redis
+import typer
+from rich.table import Table
+
+from bestmatch.bench import (
+    DRAIN_TIMEOUT_S,
+    SAMPLE_EVERY,
+    START_TIMEOUT_S,
+    BenchStores,
+    StreamProcess,
+    Watcher,
+    _marketplace_traffic,
+    _open_stores,
+    _timed,
+    _wait,
+    bench_app,
+    cached_events,
+    changelog_rows,
+    freshness_percentiles,
+    measure_freshness,
+    pick_samples,
+)
+from bestmatch.console import console, friendly
+from features.bus import iter_lines, kafka_partitions, publish_kafka
+from features.errors import FlowError
+from features.settings import Settings
+
+GOAL_FRESHNESS_RATIO = 2.0
+GOAL_REPLAY_RATIO = 1.5
+
+
+class MockCluster:
+    """librdkafka's mock cluster, alive while this handle is."""
+
+    def __init__(self) -> None:
+        from confluent_kafka import Producer
+
+        self.handle: Any = Producer({"test.mock.num.brokers": 3, "log_level": 0})
+        brokers = self.handle.list_topics(timeout=10).brokers.values()
+        self.bootstrap = ",".join(f"{b.host}:{b.port}" for b in brokers)
+
+
+@contextmanager
+def _bus_variable(value: str) -> Iterator[None]:
+    """BESTMATCH_BUS for the `bestmatch stream` child the freshness stage starts."""
+    before = os.environ.get("BESTMATCH_BUS")
+    os.environ["BESTMATCH_BUS"] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("BESTMATCH_BUS", None)
+        else:
+            os.environ["BESTMATCH_BUS"] = before
+
+
+def _on_topic(settings: Settings, bootstrap: str, label: str) -> Settings:
+    bus = f"kafka://{bootstrap}/bench-{label}-{uuid.uuid4().hex[:8]}"
+    kafka = settings.model_copy(update={"bus": bus})
+    assert kafka.kafka is not None
+    kafka_partitions(kafka.kafka, kafka.kafka_retry_s, create=True)
+    return kafka
+
+
+# --- replay -----------------------------------------------------------------------------------
+
+
+def measure_replay(
+    stores: BenchStores, path: Path, events: int, repeat: int, bootstrap: str
+) -> dict[str, Any]:
+    from flows.runner import run_backfill, run_stream
+
+    kafka = _on_topic(stores.settings, bootstrap, "replay")
+    assert kafka.kafka is not None
+    console.print(f"  publishing {events:,} events to {kafka.kafka} (not timed)")
+    publish_kafka(kafka.kafka, iter_lines(path))
+    partitions = kafka_partitions(kafka.kafka, kafka.kafka_retry_s)
+    # untimed: the first run in a process pays one-off costs (imports, first tables)
+    stores.reset()
+    run_backfill(stores.settings, path)
+    rows = changelog_rows(stores.settings)
+
+    def replay() -> None:
+        run_stream(kafka, trigger_s=3600.0, until_caught_up=True)
+
+    backfill_runs: list[float] = []
+    replay_runs: list[float] = []
+    replay_rows = None
+    for _ in range(repeat):  # interleaved, so a busy spell on the machine hits both
+        runs, _ = _timed(
+            "(a) backfill", 1, lambda: run_backfill(stores.settings, path), stores.reset
+        )
+        backfill_runs += runs
+        runs, _ = _timed("(b) replay from Kafka", 1, replay, stores.reset)
+        replay_runs += runs
+        replay_rows = changelog_rows(stores.settings)
+        if replay_rows != rows:
+            msg = f"the replay wrote {replay_rows:,} change-log rows, the backfill {rows:,}"
+            raise FlowError(msg)
+    backfill_s, replay_s = statistics.median(backfill_runs), statistics.median(replay_runs)
+    return {
+        "events": events,
+        "partitions": len(partitions),
+        "changelog_rows": rows,
+        "backfill_runs_s": backfill_runs,
+        "replay_runs_s": replay_runs,
+        "backfill_events_per_s": events / backfill_s,
+        "replay_events_per_s": events / replay_s,
+        "ratio": replay_s / backfill_s,
+        "goal_ratio": GOAL_REPLAY_RATIO,
+        "meets_goal": replay_s / backfill_s <= GOAL_REPLAY_RATIO,
+    }
+
+
+# --- freshness --------------------------------------------------------------------------------
+
+
+def measure_kafka_freshness(
+    stores: BenchStores, kafka: Settings, path: Path, rate: float, duration: float
+) -> dict[str, Any]:
+    """`bench flow`'s freshness stage (same warm-up, samples and percentiles), publishing to
+    the topic: a sample counts as published once its producer step is delivered (flushed)."""
+    assert kafka.kafka is not None
+    bus = kafka.kafka
+    burst, settle = max(500, int(rate)), max(100, int(rate))
+    first = burst + settle
+    lines = _marketplace_traffic(path, first + int(rate * duration))
+    samples = pick_samples(lines, first, kafka.feast_project, SAMPLE_EVERY)
+    timed = lines[first:]
+    stores.reset()
+    with _bus_variable(kafka.bus):
+        stream = StreamProcess(kafka, stores.root / "stream-kafka.log", 0.0)
+    watcher = Watcher(redis.Redis.from_url(kafka.redis_url))
+    try:
+        watcher.start()
+        console.print(f"  warming up: {first:,} events, waiting for the stream to apply them")
+        for start, end, pace in ((0, burst, None), (burst, first, rate)):
+            tail = pick_samples(lines[:end], start, kafka.feast_project, 10**9)[-1]
+            publish_kafka(bus, lines[start:end], rate=pace)
+            tail.published = time.perf_counter()
+            watcher.inbox.put(tail)
+            _wait(
+                "the stream's warm-up", lambda t=tail: t.seen is not None, stream, START_TIMEOUT_S
+            )
+        queued = 0
+
+        def sent_up_to(sent: int) -> None:
+            nonlocal queued
+            now = time.perf_counter()
+            while queued < len(samples) and samples[queued].index - first < sent:
+                samples[queued].published = now
+                watcher.inbox.put(samples[queued])
+                queued += 1
+
+        console.print(f"  publishing {len(timed):,} events at {rate:,.0f}/s")
+        started = time.perf_counter()
+        publish_kafka(bus, timed, rate=rate, progress=sent_up_to)
+        published_s = time.perf_counter() - started
+        tail = samples[-1]
+        drained = time.monotonic() + DRAIN_TIMEOUT_S
+        while tail.seen is None and time.monotonic() < drained and watcher.error is None:
+            stream.check()
+            time.sleep(0.01)
+        time.sleep(0.2)
+        ended = time.perf_counter()
+    finally:
+        watcher.stop.set()
+        stream.stop()
+    watcher.join(timeout=5)
+    if watcher.error is not None:
+        raise watcher.error
+    figures: dict[str, Any] = {
+        "rate": rate,
+        "published": len(timed),
+        "published_s": published_s,
+        "published_per_s": len(timed) / published_s,
+    }
+    return figures | freshness_percentiles(samples, ended)
+
+
+def _redis_freshness(stores: BenchStores, path: Path, rate: float, duration: float) -> Any:
+    with _bus_variable("redis"):
+        return measure_freshness(stores, path, rate, duration, 0.0)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _print(figures: dict[str, Any]) -> None:
+    def verdict(ok: bool) -> str:
+        return "[green]met[/]" if ok else "[red]not met[/]"
+
+    if "replay" in figures:
+        r = figures["replay"]
+        table = Table(
+            title=f"replay: {r['events']:,} events, {r['partitions']} partitions (medians)",
+            title_justify="left",
+        )
+        for column in ("", "s", "events/s", "runs"):
+            table.add_column(column, justify="left" if not column else "right")
+        backfill_s = statistics.median(r["backfill_runs_s"])
+        replay_s = statistics.median(r["replay_runs_s"])
+        table.add_row(
+            "(a) bestmatch backfill, a file",
+            f"{backfill_s:.2f}",
+            f"{r['backfill_events_per_s']:,.0f}",
+            str(len(r["backfill_runs_s"])),
+        )
+        table.add_row(
+            "(b) the stream flow, the topic to its end",
+            f"{replay_s:.2f}",
+            f"{r['replay_events_per_s']:,.0f}",
+            str(len(r["replay_runs_s"])),
+        )
+        console.print(table)
+        goal = f"goal ≤ {GOAL_REPLAY_RATIO}"
+        console.print(f"(b) ÷ (a) = {r['ratio']:.2f} ({goal}) — {verdict(r['meets_goal'])}")
+    if "freshness" in figures:
+        f = figures["freshness"]
+        table = Table(
+            title=f"freshness: publish → visible in Redis, {f['rate']:,.0f} events/s",
+            title_justify="left",
+        )
+        for column in ("", "Redis Stream", "Kafka topic", "Kafka ÷ Redis"):
+            table.add_column(column, justify="left" if not column else "right")
+        for name in ("p50", "p90", "p99", "max"):
+            a, b = f["redis"][f"{name}_ms"], f["kafka"][f"{name}_ms"]
+            table.add_row(name, f"{a:,.1f} ms", f"{b:,.1f} ms", f"{b / a:.2f}" if a else "—")
+        for label, key in (("not visible", "lost"), ("sampled", "sampled")):
+            table.add_row(label, f"{f['redis'][key]:,}", f"{f['kafka'][key]:,}", "")
+        console.print(table)
+        console.print(
+            f"p50 Kafka ÷ Redis = {f['p50_ratio']:.2f} (goal ≤ {GOAL_FRESHNESS_RATIO}) — "
+            f"{verdict(f['meets_goal'])}"
+        )
+
+
+@bench_app.command("kafka")
+@friendly
+def bench_kafka(
+    events: Annotated[int, typer.Option(min=1000, help="Events for the replay figures.")] = 200_000,
+    rate: Annotated[float, typer.Option(min=1, help="Events/s published for freshness.")] = 5000.0,
+    duration: Annotated[float, typer.Option(min=0.5, help="Seconds of timed publishing.")] = 20.0,
+    repeat: Annotated[int, typer.Option(min=1, help="Runs of each replay stage.")] = 3,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(help="A Kafka cluster's HOST:PORT[,...] (default: librdkafka's mock)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
+    redis_db: Annotated[int, typer.Option(min=0, help="The bench's own Redis database.")] = 15,
+    skip_replay: Annotated[bool, typer.Option(help="Skip the replay figures.")] = False,
+    skip_freshness: Annotated[bool, typer.Option(help="Skip the freshness figures.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Use the Redis database even if it holds other keys (flushes it).")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
+) -> None:
+    """Kafka bus: replay vs backfill, and freshness vs the Redis Stream, in the same run."""
+    from bestmatch.cli import _settings
+
+    started = time.perf_counter()
+    cluster = None if bootstrap else MockCluster()
+    address = bootstrap or cluster.bootstrap  # type: ignore[union-attr]
+    stores = _open_stores(_settings(), redis_db, force)
+    figures: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_start": os.getloadavg()[0]},
+        "cluster": "librdkafka mock, 3 brokers" if cluster else address,
+        "idle_ms": stores.settings.kafka_idle_ms,
+    }
+    try:
+        if not skip_replay:
+            path = cached_events(stores.root, events, seed)
+            console.print(f"[bold]replay[/] of {path.name}")
+            figures["replay"] = measure_replay(stores, path, events, repeat, address)
+        if not skip_freshness:
+            path = cached_events(stores.root, max(events, int(rate * duration * 2)), seed)
+            console.print("[bold]freshness[/] on the Redis Stream")
+            redis_figures = _redis_freshness(stores, path, rate, duration)
+            console.print("[bold]freshness[/] on the Kafka topic")
+            kafka = _on_topic(stores.settings, address, "fresh")
+            kafka_figures = measure_kafka_freshness(stores, kafka, path, rate, duration)
+            ratio = kafka_figures["p50_ms"] / redis_figures["p50_ms"]
+            figures["freshness"] = {
+                "rate": rate,
+                "redis": redis_figures,
+                "kafka": kafka_figures,
+                "p50_ratio": ratio,
+                "p99_ratio": kafka_figures["p99_ms"] / redis_figures["p99_ms"],
+                "goal_ratio": GOAL_FRESHNESS_RATIO,
+                "meets_goal": ratio <= GOAL_FRESHNESS_RATIO and not kafka_figures["lost"],
+            }
+    finally:
+        stores.close()
+    figures["elapsed_s"] = time.perf_counter() - started
+    figures["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
+    _print(figures)
+    console.print(
+        f"bench took {figures['elapsed_s']:.0f} s; load average "
+        f"{figures['machine']['load_avg_1m_start']:.1f} at the start, "
+        f"{figures['machine']['load_avg_1m_end']:.1f} at the end"
+    )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(figures, indent=2) + "\n")
+        console.print(f"figures written to {json_out}")
