@@ -99,11 +99,12 @@ def new_stream(
 # --- events -----------------------------------------------------------------------------------
 
 
-def in_order_dirty(events: list[Event], seed: int) -> list[bytes]:
-    """The events in time order, with invalid lines and at-once repeats (duplicates)."""
+def in_order_dirty(events: list[Event], seed: int, late: float = 0.0) -> list[bytes]:
+    """The events in time order, with invalid lines and at-once repeats (duplicates); with
+    `late`, that share of events is repeated 1 to 40 events later (late by then, or not)."""
     rng = random.Random(seed)
     out = []
-    for event in events:
+    for i, event in enumerate(events):
         line = line_of(event)
         out.append(line)
         roll = rng.random()
@@ -111,17 +112,13 @@ def in_order_dirty(events: list[Event], seed: int) -> list[bytes]:
             out.append(rng.choice(INVALID))
         elif roll < 0.06:
             out.append(line)
+        elif roll < 0.06 + late and i > 0:
+            out.append(line_of(events[i - rng.randint(1, min(i, 40))]))
     return out
 
 
 def out_of_order_dirty(events: list[Event], seed: int) -> list[bytes]:
-    """`in_order_dirty`, and repeats a few events later (late by then, or not)."""
-    rng = random.Random(seed)
-    out = in_order_dirty(events, seed)
-    for _ in range(len(events) // 30):
-        i = rng.randrange(5, len(out))
-        out.insert(i, line_of(events[rng.randrange(max(0, i - 40), i)]))
-    return out
+    return in_order_dirty(events, seed, late=0.05)
 
 
 def by_hash(line: bytes) -> int:
