@@ -43,8 +43,9 @@ def build_flow(
     raw = op.input(source_step_id(source), flow, source)
     parsed = op.map("parse_events", raw, parse_batch)
     if isinstance(source, KafkaSource):  # partitions merged by stream time (docs/event-bus.md)
-        parsed = merge_partitions(parsed, source.list_parts())
-    keyed = op.key_on("order_events", parsed, lambda _: "sequence")
+        keyed = merge_partitions(parsed, source.list_parts())  # keyed for the sequencer
+    else:
+        keyed = op.key_on("order_events", parsed, lambda _: "sequence")
     sequenced = op.stateful_batch(
         "sequence_events",
         keyed,

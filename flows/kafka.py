@@ -36,8 +36,8 @@ from typing import Any
 from bytewax import operators as op
 from bytewax.dataflow import Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.operators import StatefulBatchLogic
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from features.bus import QUIET
 from features.engine import NEVER
@@ -85,8 +85,9 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
                 "log_level": QUIET,
             }
         )
-        start = resume if resume is not None else OFFSET_BEGINNING
-        self._consumer.assign([TopicPartition(source.bus.topic, partition, start)])
+        # offset 0, not OFFSET_BEGINNING (which costs a round of offset look-ups, half a second
+        # on the mock cluster); one no longer kept resets to the earliest (auto.offset.reset)
+        self._consumer.assign([TopicPartition(source.bus.topic, partition, self._next)])
         self._caught_up_at: float | None = None  # when it last read all the broker held
         self._idle_sent = False
         self._down_since: float | None = None  # when every broker went away
@@ -330,6 +331,9 @@ class MergeLogic(StatefulBatchLogic[Any, ParsedBatch | End, bytes]):
         self.state: MergeState = pickle.loads(resume) if resume is not None else MergeState({})
         for name in partitions:
             self.state.lanes.setdefault(name, Lane())
+        for name, lane in self.state.lanes.items():
+            if name not in partitions:  # a checkpoint of another topic: never read again
+                lane.idle = True
 
     def on_batch(self, values: list[ParsedBatch | End]) -> tuple[list[ParsedBatch | End], bool]:
         lanes = self.state.lanes
@@ -356,12 +360,10 @@ class MergeLogic(StatefulBatchLogic[Any, ParsedBatch | End, bytes]):
         return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def merge_partitions(parsed: Stream[Any], partitions: list[str]) -> Stream[Any]:
-    """Insert the merge after parsing: parsed per-partition batches in, one ordered stream out."""
+def merge_partitions(parsed: Stream[Any], partitions: list[str]) -> KeyedStream[Any]:
+    """The merge after parsing: parsed per-partition batches in, one ordered stream out, still
+    under the sequencer's key (so it goes straight into the sequencer, on the same worker)."""
     keyed = op.key_on("key_partitions", parsed, lambda _: MERGE_KEY)
-    merged = op.stateful_batch(
-        "merge_partitions",
-        keyed,
-        lambda resume: MergeLogic(partitions, resume),
+    return op.stateful_batch(
+        "merge_partitions", keyed, lambda resume: MergeLogic(partitions, resume)
     )
-    return op.key_rm("unkey_partitions", merged)

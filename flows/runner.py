@@ -86,7 +86,9 @@ def run_stream(
 ) -> None:
     """The event bus, until stopped; resumes after a crash with nothing lost or counted twice.
 
-    `until_caught_up` (Kafka only): stop once every partition is read to its end (a replay).
+    `until_caught_up` (Kafka only): a replay of the topic in available-now mode, as a backfill
+    runs (one epoch, online values written at the end): it stops once every partition is read
+    to its end.
     """
     options: dict[str, Any] = {
         "shards": shards,
@@ -167,8 +169,11 @@ def _execute(
             shards=options["shards"],
             trigger_s=options["trigger_s"],
             recoverable=True,
+            fresh_online=not options["until_caught_up"],
         )
         epoch = timedelta(seconds=options["epoch_s"])
+        if options["until_caught_up"]:  # a replay runs as a backfill does: one epoch
+            epoch = timedelta(days=365)
     cli_main(
         flow,
         workers_per_process=workers,
