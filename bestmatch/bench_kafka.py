@@ -231,6 +231,40 @@ def _redis_freshness(stores: BenchStores, path: Path, rate: float, duration: flo
         return measure_freshness(stores, path, rate, duration, 0.0)
 
 
+def _freshness_rounds(
+    stores: BenchStores, path: Path, address: str, rate: float, duration: float, rounds: int
+) -> dict[str, Any]:
+    """Redis, then Kafka, `rounds` times: a busy spell on a shared machine hits both; the
+    verdict is on the median of the rounds' p50 ratios."""
+    measured = []
+    for round_ in range(1, rounds + 1):
+        console.print(f"[bold]freshness[/] round {round_}/{rounds}: the Redis Stream")
+        redis_figures = _redis_freshness(stores, path, rate, duration)
+        console.print(f"[bold]freshness[/] round {round_}/{rounds}: the Kafka topic")
+        kafka = _on_topic(stores.settings, address, "fresh")
+        kafka_figures = measure_kafka_freshness(stores, kafka, path, rate, duration)
+        measured.append(
+            {
+                "redis": redis_figures,
+                "kafka": kafka_figures,
+                "p50_ratio": kafka_figures["p50_ms"] / redis_figures["p50_ms"],
+                "p99_ratio": kafka_figures["p99_ms"] / redis_figures["p99_ms"],
+                "load_avg_1m": os.getloadavg()[0],
+            }
+        )
+    ratio = statistics.median(r["p50_ratio"] for r in measured)
+    lost = sum(r["kafka"]["lost"] + r["redis"]["lost"] for r in measured)
+    return {
+        "rate": rate,
+        "rounds": measured,
+        "p50_ratio": ratio,
+        "p99_ratio": statistics.median(r["p99_ratio"] for r in measured),
+        "goal_ratio": GOAL_FRESHNESS_RATIO,
+        "lost": lost,
+        "meets_goal": ratio <= GOAL_FRESHNESS_RATIO and not lost,
+    }
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -266,20 +300,25 @@ def _print(figures: dict[str, Any]) -> None:
     if "freshness" in figures:
         f = figures["freshness"]
         table = Table(
-            title=f"freshness: publish → visible in Redis, {f['rate']:,.0f} events/s",
+            title=f"freshness: publish → visible in Redis, {f['rate']:,.0f} events/s, "
+            "p50 / p99 per round",
             title_justify="left",
         )
-        for column in ("", "Redis Stream", "Kafka topic", "Kafka ÷ Redis"):
-            table.add_column(column, justify="left" if not column else "right")
-        for name in ("p50", "p90", "p99", "max"):
-            a, b = f["redis"][f"{name}_ms"], f["kafka"][f"{name}_ms"]
-            table.add_row(name, f"{a:,.1f} ms", f"{b:,.1f} ms", f"{b / a:.2f}" if a else "—")
-        for label, key in (("not visible", "lost"), ("sampled", "sampled")):
-            table.add_row(label, f"{f['redis'][key]:,}", f"{f['kafka'][key]:,}", "")
+        for column in ("round", "Redis Stream", "Kafka topic", "Kafka ÷ Redis", "not visible"):
+            table.add_column(column, justify="right")
+        for i, r in enumerate(f["rounds"], 1):
+            a, b = r["redis"], r["kafka"]
+            table.add_row(
+                str(i),
+                f"{a['p50_ms']:,.0f} / {a['p99_ms']:,.0f} ms",
+                f"{b['p50_ms']:,.0f} / {b['p99_ms']:,.0f} ms",
+                f"{r['p50_ratio']:.2f} / {r['p99_ratio']:.2f}",
+                f"{a['lost']:,} / {b['lost']:,}",
+            )
         console.print(table)
         console.print(
-            f"p50 Kafka ÷ Redis = {f['p50_ratio']:.2f} (goal ≤ {GOAL_FRESHNESS_RATIO}) — "
-            f"{verdict(f['meets_goal'])}"
+            f"median p50 Kafka ÷ Redis = {f['p50_ratio']:.2f} (goal ≤ {GOAL_FRESHNESS_RATIO}, "
+            f"every sample visible) — {verdict(f['meets_goal'])}"
         )
 
 
@@ -292,6 +331,7 @@ def bench_kafka(
     rate: Annotated[float, typer.Option(min=1, help="Events/s published for freshness.")] = 5000.0,
     duration: Annotated[float, typer.Option(min=0.5, help="Seconds of timed publishing.")] = 20.0,
     repeat: Annotated[int, typer.Option(min=1, help="Runs of each replay stage.")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, help="Freshness rounds (Redis, then Kafka).")] = 3,
     bootstrap: Annotated[
         str | None,
         typer.Option(help="A Kafka cluster's HOST:PORT[,...] (default: librdkafka's mock)."),
@@ -326,21 +366,7 @@ def bench_kafka(
             figures["replay"] = measure_replay(stores, path, events, repeat, address)
         if not skip_freshness:
             path = cached_events(stores.root, int(rate * duration * 1.5) + 20_000, seed)
-            console.print("[bold]freshness[/] on the Redis Stream")
-            redis_figures = _redis_freshness(stores, path, rate, duration)
-            console.print("[bold]freshness[/] on the Kafka topic")
-            kafka = _on_topic(stores.settings, address, "fresh")
-            kafka_figures = measure_kafka_freshness(stores, kafka, path, rate, duration)
-            ratio = kafka_figures["p50_ms"] / redis_figures["p50_ms"]
-            figures["freshness"] = {
-                "rate": rate,
-                "redis": redis_figures,
-                "kafka": kafka_figures,
-                "p50_ratio": ratio,
-                "p99_ratio": kafka_figures["p99_ms"] / redis_figures["p99_ms"],
-                "goal_ratio": GOAL_FRESHNESS_RATIO,
-                "meets_goal": ratio <= GOAL_FRESHNESS_RATIO and not kafka_figures["lost"],
-            }
+            figures["freshness"] = _freshness_rounds(stores, path, address, rate, duration, rounds)
     finally:
         stores.close()
     figures["elapsed_s"] = time.perf_counter() - started
