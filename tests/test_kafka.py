@@ -173,8 +173,17 @@ def test_stream_equals_backfill(
     backfilled = backfill_of(kafka_settings, tmp_path, lines, db=1)
     assert len(sorted_letters(backfilled)) > 10
     assert kafka_settings.kafka is not None
-    sent = publish_kafka(kafka_settings.kafka, lines, partition=assignment)
-    assert sent == len(lines)
+    if assignment is None:  # by the key: what `bestmatch publish` does
+        events_file = write_lines(tmp_path / "publish.jsonl", lines)
+        code, output = run_command(
+            ["publish", "--events", str(events_file)], bus_env(kafka_settings)
+        )
+        assert code == 0, output
+        assert f"published {len(lines):,} events" in output
+        sent = len(lines)
+    else:
+        sent = publish_kafka(kafka_settings.kafka, lines, partition=assignment)
+        assert sent == len(lines)
 
     stream = new_stream(streams, kafka_settings, tmp_path, options=options, how=how)
     if not options:  # with 2 processes, each has its own metrics
@@ -390,6 +399,15 @@ def assert_one_line(output: str, *needles: str) -> None:
     error = " ".join(output.partition("error:")[2].split())
     for needle in needles:
         assert needle in error, output
+
+
+def test_bus_setting() -> None:
+    assert Settings(_env_file=None).kafka is None  # the default: the Redis Stream
+    bus = Settings(bus="kafka://a.example:9092,10.0.0.2:9093/market.events-1", _env_file=None)
+    assert bus.kafka is not None
+    assert bus.kafka.brokers == ("a.example:9092", "10.0.0.2:9093")
+    assert bus.kafka.topic == "market.events-1"
+    assert bus.kafka.bootstrap == "a.example:9092,10.0.0.2:9093"
 
 
 @pytest.mark.parametrize(
