@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -10,6 +11,41 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class KafkaBus:
+    """A Kafka topic as the event bus, from `BESTMATCH_BUS=kafka://HOST:PORT[,HOST:PORT]/TOPIC`."""
+
+    brokers: tuple[str, ...]
+    topic: str
+
+    @property
+    def bootstrap(self) -> str:
+        """librdkafka's `bootstrap.servers`."""
+        return ",".join(self.brokers)
+
+    def __str__(self) -> str:
+        return f"kafka://{self.bootstrap}/{self.topic}"
+
+
+def parse_bus(value: str) -> KafkaBus | None:
+    """`redis` (None: the Redis Stream) or a `kafka://` URL; anything else is a `ConfigError`."""
+    if value.strip().lower() == "redis":
+        return None
+    msg = f"BESTMATCH_BUS must be `redis` or kafka://HOST:PORT[,HOST:PORT]/TOPIC, got {value!r}"
+    scheme, sep, rest = value.partition("://")
+    hosts, _, topic = rest.partition("/")
+    if scheme.lower() != "kafka" or not sep or not topic or "/" in topic or "?" in topic:
+        raise ConfigError(msg)
+    brokers = tuple(h.strip() for h in hosts.split(","))
+    for broker in brokers:
+        host, colon, port = broker.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(msg)
+    if not all(c.isalnum() or c in "._-" for c in topic) or len(topic) > 249:
+        raise ConfigError(msg)
+    return KafkaBus(brokers, topic)
 
 
 class Settings(BaseSettings):
@@ -25,6 +61,13 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")
     )
     stream_key: str = "bestmatch:events"
+    bus: str = "redis"
+    """The event bus: `redis` (the Redis Stream `stream_key`) or kafka://HOST:PORT[,...]/TOPIC."""
+    kafka_idle_ms: float = Field(default=200.0, ge=0)
+    """A caught-up Kafka partition with no new message for this long stops holding the others
+    back (docs/event-bus.md)."""
+    kafka_retry_s: float = Field(default=30.0, gt=0)
+    """How long `bestmatch stream` keeps retrying a Kafka cluster it cannot reach."""
     feast_project: str = "bestmatch"
     allowed_lateness_s: float = 300.0
     api_key: str | None = None
@@ -39,6 +82,22 @@ class Settings(BaseSettings):
             msg = "BESTMATCH_REDIS_URL must be a redis://, rediss:// or unix:// URL"
             raise ConfigError(msg)
         return value
+
+    @field_validator("bus")
+    @classmethod
+    def _check_bus(cls, value: str) -> str:
+        parse_bus(value)
+        return value
+
+    @property
+    def kafka(self) -> KafkaBus | None:
+        """The Kafka topic when the bus is Kafka, else None (the Redis Stream)."""
+        return parse_bus(self.bus)
+
+    @property
+    def bus_name(self) -> str:
+        """The bus as a user names it: the Kafka URL, or the Redis Stream's key."""
+        return str(self.kafka) if self.kafka else f"the Redis Stream {self.stream_key}"
 
     @property
     def allowed_lateness(self) -> timedelta:

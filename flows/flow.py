@@ -20,6 +20,7 @@ from bytewax.inputs import Source
 
 from features.settings import Settings
 from flows.items import SequencerOutput
+from flows.kafka import KafkaSource
 from flows.logic import SequencerLogic, ShardLogic, parse_batch
 from flows.sinks import ChangelogSink, DeadLetterSink, OnlineSink
 from flows.sources import JsonlSource
@@ -51,10 +52,12 @@ def build_flow(
     spread = op.redistribute("spread_batches", raw)
     parsed = op.map("parse_events", spread, functools.partial(parse_batch, shards=shards))
     keyed = op.key_on("order_events", parsed, lambda _: "sequence")
+    # a Kafka topic's partitions are merged by stream time in the sequencer (docs/event-bus.md)
+    merged = source.list_parts() if isinstance(source, KafkaSource) else None
     sequenced = op.stateful_batch(
         "sequence_events",
         keyed,
-        lambda state: SequencerLogic(shards, lateness_us, recoverable, state),
+        lambda state: SequencerLogic(shards, lateness_us, recoverable, state, merged),
     )
     outputs = op.key_rm("unkey_sequence", sequenced)
     dead = op.flat_map("take_dead_letters", outputs, _dead_letters)
@@ -90,6 +93,8 @@ def state_dir_of(settings: Settings) -> Path:
 
 
 def source_step_id(source: Source) -> str:
+    if isinstance(source, KafkaSource):
+        return "read_kafka"
     return "read_file" if isinstance(source, JsonlSource) else "read_bus"
 
 

@@ -33,6 +33,7 @@ from flows.items import (
     ShardWork,
 )
 from flows.journal import Journal
+from flows.kafka import Merge
 from flows.metrics import METRICS
 from flows.sharding import shards_of
 
@@ -99,6 +100,7 @@ class Ordered:
     sequencer: Sequencer
     next_number: dict[str, int] = field(default_factory=dict)
     early: dict[str, dict[int, ParsedBatch | End]] = field(default_factory=dict)
+    merge: Merge | None = None  # a Kafka topic's partitions, merged (`flows.kafka.Merge`)
 
     def in_order(self, items: list[ParsedBatch | End]) -> list[ParsedBatch | End]:
         """The items whose turn has come, in their partitions' order."""
@@ -118,16 +120,29 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
     """The one ordered step: de-duplicates, rejects late events, stamps the clock, routes.
 
     Batches are parsed on every worker, so they may arrive out of their source's order; each
-    partition's items are taken in the order the source numbered them."""
+    partition's items are taken in the order the source numbered them. `merged`: the partitions
+    of a Kafka topic, merged into one order by stream time before they are admitted."""
 
-    def __init__(self, shards: int, lateness_us: int, recoverable: bool, state: Any):
+    def __init__(
+        self,
+        shards: int,
+        lateness_us: int,
+        recoverable: bool,
+        state: Any,
+        merged: list[str] | None = None,
+    ):
         self.shards = [str(i) for i in range(shards)]
         self.state = _thawed(state) if state is not None else Ordered(Sequencer(lateness_us))
         self.recoverable = recoverable
+        if merged is not None:
+            self.state.merge = self.state.merge or Merge()
+            self.state.merge.read_from(merged)
 
     def on_batch(self, values: list[ParsedBatch | End]) -> tuple[list[SequencerOutput], bool]:
         seq = self.state.sequencer
         values = self.state.in_order(values)
+        if self.state.merge is not None:
+            values = self.state.merge.merged(values)
         segments: list[list[Segment]] = [[Segment()] for _ in self.shards]
         dead: list[DeadLetter] = []
         for batch in values:
@@ -158,7 +173,7 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
         for line, rejection in batch.rejected:
             dead.append(
                 DeadLetter(
-                    batch.partition,
+                    batch.partition_of(line),
                     int(batch.positions[line]),
                     rejection.raw,
                     rejection.reason,
@@ -173,7 +188,7 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
                 line = int(events.line[row])
                 dead.append(
                     DeadLetter(
-                        batch.partition,
+                        batch.partition_of(line),
                         int(batch.positions[line]),
                         batch.line(line),
                         "late",

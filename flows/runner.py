@@ -22,10 +22,12 @@ from typing import Any
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from features.errors import FlowError
+from features.bus import kafka_partitions
+from features.errors import ConfigError, FlowError
 from features.offline_layout import create_changelog_tables
 from features.settings import Settings
 from flows.flow import DEFAULT_SHARDS, build_flow, checkpoint_dir, state_dir_of
+from flows.kafka import KafkaSource
 from flows.sources import JsonlSource, RedisStreamSource
 
 RECOVERY_PARTITIONS = 4
@@ -79,15 +81,27 @@ def run_stream(
     trigger_s: float = 1.0,
     epoch_s: float = 2.0,
     batch_size: int = 2000,
+    until_caught_up: bool = False,
 ) -> None:
-    """The event bus, until stopped; resumes after a crash with nothing lost or counted twice."""
-    _recovery(checkpoint_dir(settings), fresh=False, state=state_dir_of(settings))
-    options = {
+    """The event bus, until stopped; resumes after a crash with nothing lost or counted twice.
+
+    `until_caught_up` (Kafka only): a replay of the topic in available-now mode, as a backfill
+    runs (one epoch, online values written at the end): it stops once every partition is read
+    to its end.
+    """
+    options: dict[str, Any] = {
         "shards": shards,
         "trigger_s": trigger_s,
         "epoch_s": epoch_s,
         "batch_size": batch_size,
+        "until_caught_up": until_caught_up,
     }
+    if settings.kafka is not None:  # one clear line now if the cluster cannot be reached
+        options["partitions"] = kafka_partitions(settings.kafka, settings.kafka_retry_s)
+    elif until_caught_up:
+        msg = "until_caught_up needs BESTMATCH_BUS=kafka://..."
+        raise ConfigError(msg)
+    _recovery(checkpoint_dir(settings), fresh=False, state=state_dir_of(settings))
     _launch(settings, "stream", options, workers, processes)
 
 
@@ -150,16 +164,19 @@ def _execute(
         if not options["checkpoint"]:
             recovery = None
     else:
-        source = RedisStreamSource(settings.redis_url, [settings.stream_key], options["batch_size"])
+        replay = options["until_caught_up"]
         flow = build_flow(
             settings,
-            source,
+            _bus_source(settings, options),
             shards=options["shards"],
-            trigger_s=options["trigger_s"],
+            trigger_s=3600.0 if replay else options["trigger_s"],
             recoverable=True,
+            fresh_online=not replay,
             writers=workers * len(addresses or [None]),
         )
         epoch = timedelta(seconds=options["epoch_s"])
+        if replay:  # a replay runs as a backfill does: one epoch
+            epoch = timedelta(days=365)
     # Everything imported and built so far lives as long as the process: leave it out of the
     # cyclic collector's scans, which otherwise walk it all on every full collection.
     gc.freeze()
@@ -170,6 +187,19 @@ def _execute(
         addresses=addresses,
         epoch_interval=epoch,
         recovery_config=recovery,
+    )
+
+
+def _bus_source(settings: Settings, options: dict[str, Any]) -> KafkaSource | RedisStreamSource:
+    if settings.kafka is None:
+        return RedisStreamSource(settings.redis_url, [settings.stream_key], options["batch_size"])
+    return KafkaSource(
+        settings.kafka,
+        options["partitions"],
+        options["batch_size"],
+        idle_ms=settings.kafka_idle_ms,
+        retry_s=settings.kafka_retry_s,
+        stop_at_end=options["until_caught_up"],
     )
 
 

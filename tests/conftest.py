@@ -16,6 +16,7 @@ import redis
 
 from bestmatch.services import free_port
 from features.settings import Settings
+from tests.kafka_fixtures import kafka_cluster, kafka_settings  # noqa: F401  (Kafka fixtures)
 
 __all__ = ["RedisServer", "free_port"]  # the tests' servers use the product's free_port
 

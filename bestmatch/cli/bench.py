@@ -154,3 +154,48 @@ def training(
         progress=console.print,
     )
     print_table("training set: Feast get_historical_features vs fast path", report.rows())
+
+
+@bench_app.command("kafka")
+@friendly
+def kafka(
+    events: Annotated[
+        int, typer.Option(min=1000, help="Events for the replay (the mock keeps ~60,000).")
+    ] = 50_000,
+    rate: Annotated[float, typer.Option(min=1, help="Events/s published for freshness.")] = 5000.0,
+    duration: Annotated[float, typer.Option(min=0.5, help="Seconds of timed publishing.")] = 20.0,
+    repeat: Annotated[int, typer.Option(min=1, help="Runs of each replay stage.")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, help="Freshness rounds (Redis, then Kafka).")] = 3,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(help="A Kafka cluster's HOST:PORT[,...] (default: librdkafka's mock)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
+    redis_db: Annotated[int, typer.Option(min=0, help="The bench's own Redis database.")] = 15,
+    skip_replay: Annotated[bool, typer.Option(help="Skip the replay figures.")] = False,
+    skip_freshness: Annotated[bool, typer.Option(help="Skip the freshness figures.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Use the Redis database even if it holds other keys (flushes it).")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
+) -> None:
+    """Kafka bus: replay vs backfill, and freshness vs the Redis Stream, in the same run."""
+    from bestmatch.benchmarks.kafka import bench_kafka
+
+    bench_kafka(
+        read_settings(),
+        events=events,
+        rate=rate,
+        duration=duration,
+        repeat=repeat,
+        rounds=rounds,
+        bootstrap=bootstrap,
+        seed=seed,
+        redis_db=redis_db,
+        skip_replay=skip_replay,
+        skip_freshness=skip_freshness,
+        force=force,
+        json_out=json_out,
+    )

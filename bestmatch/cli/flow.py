@@ -64,20 +64,18 @@ def publish(
         typer.Option(min=0.001, help="Events per second (default: as fast as possible)."),
     ] = None,
 ) -> None:
-    """Append events to the event bus (a Redis Stream)."""
-    import redis
-
-    from bestmatch.services import ensure_redis
-    from features.bus import iter_lines
-    from features.bus import publish as send
+    """Append events to the event bus (a Redis Stream, or the Kafka topic of BESTMATCH_BUS)."""
+    from features.bus import iter_lines, publish_events
 
     settings = read_settings()
     need_file(events, "--events")
-    ensure_redis(settings.redis_url, Path(settings.lake_path("redis")))
-    client = redis.Redis.from_url(settings.redis_url)
+    if settings.kafka is None:
+        from bestmatch.services import ensure_redis
+
+        ensure_redis(settings.redis_url, Path(settings.lake_path("redis")))
     started = time.perf_counter()
-    with progress(f"publishing to {settings.stream_key}", total=None) as advance:
-        sent = send(client, settings.stream_key, iter_lines(events), rate=rate, progress=advance)
+    with progress(f"publishing to {settings.bus_name}", total=None) as advance:
+        sent = publish_events(settings, iter_lines(events), rate=rate, progress=advance)
     elapsed = time.perf_counter() - started
     console.print(f"published {sent:,} events in {elapsed:.1f} s ({sent / elapsed:,.0f}/s)")
 
@@ -106,7 +104,7 @@ def stream(
         start_http_server(metrics_port, registry=METRICS.registry)
         console.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics")
     register_feast(settings)
-    console.print(f"streaming from {settings.stream_key}; Ctrl-C to stop")
+    console.print(f"streaming from {settings.bus_name}; Ctrl-C to stop")
     _stop_on_signals()
     run_stream(settings, workers=workers, processes=processes, trigger_s=trigger)
 
