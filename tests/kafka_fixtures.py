@@ -8,18 +8,19 @@ with 4 partitions, which `kafka_settings` checks.
 
 from __future__ import annotations
 
-import os
+import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
+from bestmatch.services import child_env
+from bestmatch.services.stream import Child
 from features.bus import kafka_partitions
 from features.settings import Settings
-from tests.streaming import StreamProcess, _forkserver, _run_command, stream_env
+from tests.streaming import StreamProcess, _Forked, _forkserver, _run_command, stream_env
 
 PARTITIONS = 4
 IDLE_MS = 2000  # generous: a loaded 2-core box must not time a partition out mid-test
@@ -80,27 +81,19 @@ def bus_env(settings: Settings) -> dict[str, str]:
 class BusStreamProcess(StreamProcess):
     """`tests.streaming.StreamProcess` with the event bus's variables in its environment."""
 
-    def start(self) -> None:
-        assert not self.alive(), "already running"
-        self.starts += 1
-        self._note(f"start {self.starts} ({self.how})")
+    def spawn(self) -> Child:
         env = bus_env(self.settings)
         if self.how == "cli":
-            import subprocess
-            import sys
-
-            script = Path(sys.executable).with_name("bestmatch")
-            command = [str(script)] if script.exists() else [sys.executable, "-m", "bestmatch.cli"]
             with self.log.open("ab") as out:
-                self._child = subprocess.Popen(
-                    [*command, *self.args],
-                    env={**os.environ, **env},
+                return subprocess.Popen(
+                    [*self.command(), *self.args],
+                    env=child_env(**env),
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-        else:
-            self._child = _forkserver().Process(
-                target=_run_command, args=(env, self.args, str(self.log)), daemon=True
-            )
-            self._child.start()
+        child = _forkserver().Process(
+            target=_run_command, args=(env, self.args, str(self.log)), daemon=True
+        )
+        child.start()
+        return _Forked(child)

@@ -217,11 +217,13 @@ def feed(lanes: dict[str, list], seed: int, snapshot_every: int = 0) -> list[tup
     random, each partition idle once it is done; what comes out, as (partition, offset)."""
     import pickle
 
-    from flows.items import End, ParsedBatch
-    from flows.kafka import MergeLogic
+    from flows.items import End, RawBatch
+    from flows.kafka import Merge
+    from flows.logic import parse_batch
 
     rng = random.Random(seed)
-    logic = MergeLogic(sorted(lanes), None)
+    merge = Merge()
+    merge.read_from(sorted(lanes))
     cursor = dict.fromkeys(lanes, 0)
     out: list[tuple[str, int]] = []
     steps = 0
@@ -232,21 +234,21 @@ def feed(lanes: dict[str, list], seed: int, snapshot_every: int = 0) -> list[tup
         name = rng.choice(live)
         start = cursor[name]
         if start == len(lanes[name]):
-            batch = ParsedBatch(name, [], [], [], 0)  # caught up: idle
+            raw = RawBatch(name, [], [])  # caught up: idle
             cursor[name] += 1
         else:
             chunk = lanes[name][start : start + rng.randint(1, 40)]
             cursor[name] += len(chunk)
-            batch = ParsedBatch(
-                name, [o for o, _, _ in chunk], [b for _, b, _ in chunk], [e for *_, e in chunk], 0
-            )
-        released, _ = logic.on_batch([batch])
-        for item in released:
+            raw = RawBatch(name, [o for o, _, _ in chunk], [b for _, b, _ in chunk])
+        batch = parse_batch(raw, shards=4)
+        assert not isinstance(batch, End)
+        for item in merge.merged([batch]):
             if not isinstance(item, End):
-                out += [(item.partition, p) for p in item.positions]
+                out += [(item.partition_of(i), int(item.positions[i])) for i in range(len(item))]
         steps += 1
         if snapshot_every and steps % snapshot_every == 0:  # as a resumed stream would
-            logic = MergeLogic(sorted(lanes), pickle.loads(pickle.dumps(logic.snapshot())))
+            merge = pickle.loads(pickle.dumps(merge))  # the sequencer's snapshot holds it
+            merge.read_from(sorted(lanes))
     return out
 
 
@@ -383,7 +385,7 @@ def test_sigkill_loses_nothing_and_counts_nothing_twice(
 
 def run_command(args: list[str], env: dict[str, str], timeout: float = 180) -> tuple[int, str]:
     done = subprocess.run(
-        [sys.executable, "-m", "bestmatch.cli", *args],
+        [sys.executable, "-m", "bestmatch", *args],
         env={**os.environ, **env},
         capture_output=True,
         timeout=timeout,
