@@ -86,6 +86,7 @@ def gather_lines(batches: Sequence[ParsedBatch], picks: np.ndarray) -> ParsedBat
     columns and shards, rejections their reasons, each line its partition and position.
 
     The merge of a Kafka topic's partitions (`flows.kafka`) builds its batches with it."""
+    assert batches, "gather_lines needs at least one batch"
     picks = np.asarray(picks, np.int64)
     sizes = [len(b) for b in batches]
     line_base = np.cumsum([0, *sizes])
@@ -140,17 +141,17 @@ def gather_lines(batches: Sequence[ParsedBatch], picks: np.ndarray) -> ParsedBat
     index = np.array([names.index(b.partition) for b in batches], np.int64)
     published = [b.published_ms for b in batches if b.published_ms]
     return ParsedBatch(
-        names[0] if names else "",
-        np.concatenate([b.positions for b in batches])[picks] if batches else picks,
+        names[0],
+        np.concatenate([b.positions for b in batches])[picks],
         b"".join(pieces),
         offsets,
         events,
         rejected,
         {
             kind: np.concatenate([b.shards[kind] for b in batches])[taken]
-            for kind in (batches[0].shards if batches else {})
+            for kind in batches[0].shards
         },
-        min((b.seen_us for b in batches), default=0),
+        min(b.seen_us for b in batches),
         min(published, default=None),
         0,
         names,

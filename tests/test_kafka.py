@@ -252,6 +252,47 @@ def feed(lanes: dict[str, list], seed: int, snapshot_every: int = 0) -> list[tup
     return out
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_gathered_lines_are_those_lines_parsed(seed: int) -> None:
+    """`gather_lines` (the merge's columnar take-and-concatenate) gives what parsing the picked
+    lines in that order gives, and each line keeps its partition and position."""
+    import numpy as np
+
+    from flows.items import End, RawBatch, gather_lines
+    from flows.logic import parse_batch
+
+    rng = random.Random(seed)
+    lines = out_of_order_dirty(random_events(seed=70 + seed, n=300), seed=seed)
+    cuts = sorted(rng.sample(range(1, len(lines)), 2))
+    chunks = [lines[: cuts[0]], lines[cuts[0] : cuts[1]], lines[cuts[1] :]]
+    raws = [
+        RawBatch(f"t/{k}", [1000 * k + i for i in range(len(c))], c) for k, c in enumerate(chunks)
+    ]
+    batches = [parse_batch(raw, shards=4) for raw in raws]
+    where = [(raw, i) for raw in raws for i in range(len(raw.lines))]
+    picks = rng.sample(range(len(where)), len(where) // 2)
+    got = gather_lines(batches, np.array(picks))  # type: ignore[arg-type]
+    want = parse_batch(
+        RawBatch("x", [0] * len(picks), [where[p][0].lines[where[p][1]] for p in picks]), 4
+    )
+    assert not isinstance(want, End) and len(got) == len(picks)
+    assert got.raw == want.raw and got.offsets.tolist() == want.offsets.tolist()
+    assert [(n, str(r)) for n, r in got.rejected] == [(n, str(r)) for n, r in want.rejected]
+    assert got.rejected and len(got.events) > 100
+    for name in ("line", "event_type", "event_time", "action"):
+        assert getattr(got.events, name).tolist() == getattr(want.events, name).tolist(), name
+    assert np.array_equal(got.events.bid_amount, want.events.bid_amount, equal_nan=True)
+    for name in ("event_id", "freelancer_id", "job_id", "client_id"):
+        assert getattr(got.events, name) == getattr(want.events, name), name
+    assert got.events.profiles == want.events.profiles and got.events.profiles
+    assert {k: v.tolist() for k, v in got.shards.items()} == {
+        k: v.tolist() for k, v in want.shards.items()
+    }
+    assert [(got.partition_of(i), int(got.positions[i])) for i in range(len(got))] == [
+        (where[p][0].partition, where[p][0].positions[where[p][1]]) for p in picks
+    ]
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_merge_order_is_the_partitions_contents_not_their_timing(seed: int) -> None:
     events = random_events(seed=50 + seed, n=600)
