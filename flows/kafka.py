@@ -4,8 +4,9 @@ merge that puts the partitions' events in one order (the rule is docs/event-bus.
 Source: each partition has its own confluent-kafka consumer, `assign`ed to its topic partition
 (no consumer group, nothing committed to the broker); its resume state is the offset of its next
 message, kept in the flow's recovery snapshot. Bytewax spreads the partitions over workers and
-processes. A partition that has read everything the broker holds (librdkafka's partition EOF)
-and got nothing new for the idle timeout sends one empty `RawBatch`: "idle, do not wait for me".
+processes. A partition that has read everything the broker holds (librdkafka's partition EOF,
+and the broker's high watermark asked again before deciding) and got nothing new for the idle
+timeout sends one empty `RawBatch`: "idle, do not wait for me".
 
 Merge (`merge_partitions`, inserted after parsing when the bus is Kafka): one stateful step
 under the sequencer's own key, so it runs on the sequencer's worker, whatever process reads
@@ -66,6 +67,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         resume: int | None,
     ) -> None:
         self._bus = source.bus
+        self._partition = partition
         self._name = partition_name(source.bus.topic, partition)
         self._batch_size = source.batch_size
         self._idle_s = source.idle_ms / 1000
@@ -143,10 +145,24 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if self._stop_at_end:  # a replay: the end it reached is the end
             self._done = True
             return [RawBatch(self._name, [], [], None)]
-        if now - caught_up < self._idle_s:
+        if now - caught_up < self._idle_s or self._behind():
             return []
         self._idle_sent = True
         return [RawBatch(self._name, [], [], None)]  # idle: see the module's docstring
+
+    def _behind(self) -> bool:
+        """Does the broker hold messages this partition has not read? Then its fetches are slow
+        (a busy machine, a broker pause), not its producers quiet: it is not idle."""
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._bus.topic, self._partition), timeout=PROBE_EVERY_S
+            )
+        except KafkaException:
+            return True  # no answer: the outage handling decides
+        if high > self._next:
+            self._caught_up_at = None  # wait for its next end of partition
+            return True
+        return False
 
     def _probe(self, now: float) -> None:
         """While no broker answers: ask again now and then, give up after the retry time."""
