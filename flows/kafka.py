@@ -2,10 +2,12 @@
 merge that puts the partitions' events in one order (the rule is docs/event-bus.md's).
 
 Source: each partition has its own confluent-kafka consumer, `assign`ed to its topic partition
-(no consumer group, nothing committed to the broker); its resume state is the offset of its next
-message, kept in the flow's recovery snapshot. Bytewax spreads the partitions over workers and
-processes. A partition that has read everything the broker holds (librdkafka's partition EOF)
-and got nothing new for the idle timeout sends one empty `RawBatch`: "idle, do not wait for me".
+(no consumer group, nothing committed to the broker); its resume state, kept in the flow's
+recovery snapshot, is the offset of its next message and the number of its next item (every
+item is numbered, as `RawBatch.number` says). Bytewax spreads the partitions over workers and
+processes. A partition that has read everything the broker holds (librdkafka's partition EOF,
+and the broker's high watermark asked again before deciding) and got nothing new for the idle
+timeout sends one empty `RawBatch`: "idle, do not wait for me".
 
 Merge (`Merge`, inside the sequencer's step when the bus is Kafka: `flows.logic.SequencerLogic`
 takes each partition's parsed batches in the order the source numbered them, then merges them
@@ -60,6 +62,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         resume: tuple[int, int] | None,
     ) -> None:
         self._bus = source.bus
+        self._partition = partition
         self._name = partition_name(source.bus.topic, partition)
         self._batch_size = source.batch_size
         self._idle_s = source.idle_ms / 1000
@@ -138,7 +141,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         if self._stop_at_end:  # a replay: the end it reached is the end
             self._done = True
             return [self._item([], [], None)]
-        if now - caught_up < self._idle_s:
+        if now - caught_up < self._idle_s or self._behind():
             return []
         self._idle_sent = True
         return [self._item([], [], None)]  # idle: see the module's docstring
@@ -146,6 +149,20 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
     def _item(self, positions: list[int], lines: list[bytes], published: int | None) -> RawBatch:
         self._number += 1
         return RawBatch(self._name, positions, lines, published, self._number - 1)
+
+    def _behind(self) -> bool:
+        """Does the broker hold messages this partition has not read? Then its fetches are slow
+        (a busy machine, a broker pause), not its producers quiet: it is not idle."""
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._bus.topic, self._partition), timeout=PROBE_EVERY_S
+            )
+        except KafkaException:
+            return True  # no answer: the outage handling decides
+        if high > self._next:
+            self._caught_up_at = None  # wait for its next end of partition
+            return True
+        return False
 
     def _probe(self, now: float) -> None:
         """While no broker answers: ask again now and then, give up after the retry time."""
