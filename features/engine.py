@@ -72,23 +72,6 @@ class KindUpdates:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def take(self, rows: np.ndarray) -> KindUpdates:
-        """The updates at `rows` (sorted), in the same order."""
-        wanted = rows.tolist()
-        profiles = {}
-        if self.profiles:
-            where = {row: i for i, row in enumerate(wanted)}
-            profiles = {where[r]: e for r, e in self.profiles.items() if r in where}
-        return KindUpdates(
-            [self.ids[r] for r in wanted],
-            self.clock[rows],
-            self.time[rows],
-            self.etype[rows],
-            self.action[rows],
-            self.value[rows],
-            profiles,
-        )
-
 
 def concat_updates(parts: Sequence[KindUpdates]) -> KindUpdates:
     """Consecutive updates of one kind as one (stream order kept)."""
