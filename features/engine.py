@@ -138,7 +138,7 @@ class _Plan:
 def _plan(entity: Entity) -> _Plan:
     specs = features_of(entity)
     windowed: list[_Windowed] = []
-    means = []
+    means: list[int] = []
     last: list[tuple[int, str]] = []
     last_types = set()
     for slot, spec in enumerate(specs):
