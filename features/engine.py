@@ -72,23 +72,6 @@ class KindUpdates:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def take(self, rows: np.ndarray) -> KindUpdates:
-        """The updates at `rows` (sorted), in the same order."""
-        wanted = rows.tolist()
-        profiles = {}
-        if self.profiles:
-            where = {row: i for i, row in enumerate(wanted)}
-            profiles = {where[r]: e for r, e in self.profiles.items() if r in where}
-        return KindUpdates(
-            [self.ids[r] for r in wanted],
-            self.clock[rows],
-            self.time[rows],
-            self.etype[rows],
-            self.action[rows],
-            self.value[rows],
-            profiles,
-        )
-
 
 def concat_updates(parts: Sequence[KindUpdates]) -> KindUpdates:
     """Consecutive updates of one kind as one (stream order kept)."""
@@ -155,7 +138,7 @@ class _Plan:
 def _plan(entity: Entity) -> _Plan:
     specs = features_of(entity)
     windowed: list[_Windowed] = []
-    means = []
+    means: list[int] = []
     last: list[tuple[int, str]] = []
     last_types = set()
     for slot, spec in enumerate(specs):
