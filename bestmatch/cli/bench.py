@@ -163,7 +163,14 @@ def kafka(
         int, typer.Option(min=1000, help="Events for the replay (the mock keeps ~60,000).")
     ] = 50_000,
     rate: Annotated[float, typer.Option(min=1, help="Events/s published for freshness.")] = 5000.0,
-    duration: Annotated[float, typer.Option(min=0.5, help="Seconds of timed publishing.")] = 20.0,
+    duration: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            help="Seconds of timed publishing (the mock keeps ~60,000 events: rate x duration "
+            "+ the warm-up must stay below that).",
+        ),
+    ] = 8.0,
     repeat: Annotated[int, typer.Option(min=1, help="Runs of each replay stage.")] = 3,
     rounds: Annotated[int, typer.Option(min=1, help="Freshness rounds (Redis, then Kafka).")] = 3,
     bootstrap: Annotated[
