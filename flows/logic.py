@@ -134,6 +134,7 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
         self.shards = [str(i) for i in range(shards)]
         self.state = _thawed(state) if state is not None else Ordered(Sequencer(lateness_us))
         self.recoverable = recoverable
+        self.merging = merged is not None
         if merged is not None:
             self.state.merge = self.state.merge or Merge()
             self.state.merge.read_from(merged)
@@ -141,8 +142,12 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
     def on_batch(self, values: list[ParsedBatch | End]) -> tuple[list[SequencerOutput], bool]:
         seq = self.state.sequencer
         values = self.state.in_order(values)
-        if self.state.merge is not None:
-            values = self.state.merge.merged(values)
+        merge = self.state.merge
+        if merge is not None and self.merging:
+            values = merge.merged(values)
+        elif merge is not None:  # a Kafka checkpoint resumed on another bus: its lines go first
+            values = [*merge.release(final=True), *values]
+            self.state.merge = None
         segments: list[list[Segment]] = [[Segment()] for _ in self.shards]
         dead: list[DeadLetter] = []
         for batch in values:

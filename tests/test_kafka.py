@@ -320,6 +320,22 @@ def test_merge_of_events_in_time_order_is_time_order() -> None:
         assert offsets == sorted(offsets)
 
 
+def test_a_kafka_checkpoint_resumed_on_another_bus_admits_what_the_merge_held() -> None:
+    from flows.items import RawBatch
+    from flows.logic import SequencerLogic, parse_batch
+
+    events = random_events(seed=80, n=60)
+    lines = [line_of(e) for e in events]
+    lateness = 10**15  # nothing is late, no id forgotten: `seen` lists every admitted event
+    kafka = SequencerLogic(4, lateness, True, None, ["t/0", "t/1"])
+    kafka.on_batch([parse_batch(RawBatch("t/0", list(range(40)), lines[:40]), 4)])
+    assert not kafka.state.sequencer.seen  # t/1 has read nothing yet: every line is held
+    redis = SequencerLogic(4, lateness, True, kafka.snapshot(), None)
+    redis.on_batch([parse_batch(RawBatch("bus", list(range(20)), lines[40:]), 4)])
+    assert set(redis.state.sequencer.seen) == {e.event_id for e in events}
+    assert redis.state.merge is None
+
+
 # --- results do not depend on how partitions interleave -----------------------------------------
 
 
