@@ -87,7 +87,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         # on the mock cluster); one no longer kept resets to the earliest (auto.offset.reset)
         self._consumer.assign([TopicPartition(source.bus.topic, partition, self._next)])
         self._caught_up_at: float | None = None  # when it last read all the broker held
-        self._idle_sent = False
+        self._idle_at: float | None = None  # when it last said it is idle, while quiet
         self._down_since: float | None = None  # when every broker went away
         self._probed = 0.0
         self._awake: datetime | None = None
@@ -125,7 +125,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
             self._down_since = None  # a broker answered
         if lines:
             self._next = positions[-1] + 1
-            self._idle_sent = False
+            self._idle_at = None
             self._awake = None
             return [self._item(positions, lines, published)]
         self._awake = datetime.now(UTC) + self._poll
@@ -136,14 +136,17 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         if self._down_since is not None:
             self._probe(now)
         caught_up = self._caught_up_at
-        if caught_up is None or self._idle_sent:
+        if caught_up is None:
             return []
         if self._stop_at_end:  # a replay: the end it reached is the end
             self._done = True
             return [self._item([], [], None)]
-        if now - caught_up < self._idle_s or self._behind():
+        # idle once quiet for the idle timeout, and again every idle timeout while it stays so
+        # (the merge may ask a partition to say it again: `Merge.merged`)
+        since = caught_up if self._idle_at is None else self._idle_at
+        if now - since < self._idle_s or self._behind():
             return []
-        self._idle_sent = True
+        self._idle_at = now
         return [self._item([], [], None)]  # idle: see the module's docstring
 
     def _item(self, positions: list[int], lines: list[bytes], published: int | None) -> RawBatch:
@@ -285,15 +288,16 @@ class Merge:
     lanes: dict[str, Lane] = field(default_factory=dict)
     released_to: int = NEVER  # every line merged before this time has been released
     open: bool = False  # lines released since the last End
+    retired: set[str] = field(default_factory=set)  # of a checkpoint, no longer read
 
     def read_from(self, partitions: list[str]) -> None:
         """The topic's partitions as the stream starts: a partition of a checkpoint that is no
         longer read (another topic) never holds the others back."""
         for name in partitions:
             self.lanes.setdefault(name, Lane())
-        for name, lane in self.lanes.items():
-            if name not in partitions:
-                lane.idle = True
+        self.retired = set(self.lanes) - set(partitions)
+        for name in self.retired:
+            self.lanes[name].idle = True
 
     def merged(self, items: list[ParsedBatch | End]) -> list[ParsedBatch | End]:
         """Each partition's items in, in its own order; out, what every active partition has
@@ -308,15 +312,27 @@ class Merge:
             if not len(item):  # the partition is idle
                 lane.idle = True
                 continue
+            if lane.idle and all(other.idle for other in self.lanes.values()):
+                self._resume(item.partition)
             lane.idle = False
             lane.add(item)
         return out + self.release()
 
+    def _resume(self, first: str) -> None:
+        """Traffic resumes after every partition was idle: the others were idle during the
+        pause, not necessarily now (their next messages may be a fetch away), so each is waited
+        for again until it reads a message or says once more that it is idle."""
+        for name, lane in self.lanes.items():
+            if name != first and name not in self.retired:
+                lane.idle = False
+
     def release(self, final: bool = False) -> list[ParsedBatch | End]:
         lanes = self.lanes
         active = [lane.stream_time for lane in lanes.values() if not lane.idle]
-        frontier = min(active) if active and not final else 2**62
-        frontier = self.released_to = max(self.released_to, frontier)
+        if active and not final:
+            frontier = self.released_to = max(self.released_to, min(active))
+        else:  # every partition idle, or the end: all that was read goes (this once)
+            frontier = 2**62
         out: list[ParsedBatch | End] = []
         pieces = [
             (rank, *piece)

@@ -320,6 +320,43 @@ def test_merge_of_events_in_time_order_is_time_order() -> None:
         assert offsets == sorted(offsets)
 
 
+def test_after_every_partition_was_idle_the_first_to_resume_waits_for_the_others() -> None:
+    """A pause of every partition, then traffic: a partition that was idle in the pause holds
+    the first one back until it reads its own messages (or says again that it is idle)."""
+    from flows.items import End, ParsedBatch, RawBatch
+    from flows.kafka import Merge
+    from flows.logic import parse_batch
+
+    distinct = {e.event_time: e for e in random_events(seed=90, n=120)}  # no ties in time
+    lines = [line_of(distinct[t]) for t in sorted(distinct)]
+    assert len(lines) >= 60
+    merge = Merge()
+    merge.read_from(["t/0", "t/1"])
+    numbers = dict.fromkeys(["t/0", "t/1"], 0)
+
+    def read(name: str, chunk: list[bytes]) -> list[tuple[str, int]]:
+        start = numbers[name]
+        numbers[name] += len(chunk)
+        batch = parse_batch(RawBatch(name, list(range(start, start + len(chunk))), chunk), 4)
+        assert isinstance(batch, ParsedBatch)
+        out = merge.merged([batch])
+        return [
+            (b.partition_of(i), int(b.positions[i]))
+            for b in out
+            if not isinstance(b, End)
+            for i in range(len(b))
+        ]
+
+    assert read("t/0", lines[0:20:2]) == []  # t/1 has read nothing: held
+    assert len(read("t/1", lines[1:20:2])) == 18  # all but the newest line of each
+    assert len(read("t/0", [])) + len(read("t/1", [])) == 2  # both idle: the rest
+    # the pause ends: t/0's newer events wait for t/1's older ones
+    assert read("t/0", lines[40:60:2]) == []
+    merged = read("t/1", lines[21:40:2] + lines[41:60:2])
+    assert merged[:10] == [("t/1", p) for p in range(10, 20)]  # older: first
+    assert len(read("t/1", [])) + len(read("t/0", [])) == 30 - len(merged)
+
+
 def test_a_kafka_checkpoint_resumed_on_another_bus_admits_what_the_merge_held() -> None:
     from flows.items import RawBatch
     from flows.logic import SequencerLogic, parse_batch
