@@ -43,7 +43,7 @@ def build_flow(
     raw = op.input(source_step_id(source), flow, source)
     parsed = op.map("parse_events", raw, parse_batch)
     if isinstance(source, KafkaSource):  # partitions merged by stream time (docs/event-bus.md)
-        keyed = merge_partitions(parsed, source.list_parts())  # keyed for the sequencer
+        keyed = merge_partitions(parsed, source.list_parts(), source.idle_ms)  # keyed as below
     else:
         keyed = op.key_on("order_events", parsed, lambda _: "sequence")
     sequenced = op.stateful_batch(

@@ -5,8 +5,9 @@ Source: each partition has its own confluent-kafka consumer, `assign`ed to its t
 (no consumer group, nothing committed to the broker); its resume state is the offset of its next
 message, kept in the flow's recovery snapshot. Bytewax spreads the partitions over workers and
 processes. A partition that has read everything the broker holds (librdkafka's partition EOF,
-and the broker's high watermark asked again before deciding) and got nothing new for the idle
-timeout sends one empty `RawBatch`: "idle, do not wait for me".
+and the broker's high watermark asked again before each) and got nothing new for the idle
+timeout sends an empty `RawBatch`, and another every idle timeout while that lasts: "as of now
+(its parse time), nothing is on its way from me".
 
 Merge (`merge_partitions`, inserted after parsing when the bus is Kafka): one stateful step
 under the sequencer's own key, so it runs on the sequencer's worker, whatever process reads
@@ -91,7 +92,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         # on the mock cluster); one no longer kept resets to the earliest (auto.offset.reset)
         self._consumer.assign([TopicPartition(source.bus.topic, partition, self._next)])
         self._caught_up_at: float | None = None  # when it last read all the broker held
-        self._idle_sent = False
+        self._beat = 0.0  # when it last said it is idle
         self._down_since: float | None = None  # when every broker went away
         self._probed = 0.0
         self._awake: datetime | None = None
@@ -129,7 +130,6 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             self._down_since = None  # a broker answered
         if lines:
             self._next = positions[-1] + 1
-            self._idle_sent = False
             self._awake = None
             return [RawBatch(self._name, positions, lines, published)]
         self._awake = datetime.now(UTC) + self._poll
@@ -140,14 +140,14 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if self._down_since is not None:
             self._probe(now)
         caught_up = self._caught_up_at
-        if caught_up is None or self._idle_sent:
+        if caught_up is None:
             return []
         if self._stop_at_end:  # a replay: the end it reached is the end
             self._done = True
             return [RawBatch(self._name, [], [], None)]
-        if now - caught_up < self._idle_s or self._behind():
+        if now - caught_up < self._idle_s or now - self._beat < self._idle_s or self._behind():
             return []
-        self._idle_sent = True
+        self._beat = now
         return [RawBatch(self._name, [], [], None)]  # idle: see the module's docstring
 
     def _behind(self) -> bool:
@@ -241,7 +241,7 @@ class Lane:
     """One partition in the merge: its stream time and its read, unreleased events."""
 
     stream_time: int = NEVER  # the newest event time read from it
-    idle: bool = False
+    idle_at: int | None = None  # when it last said it is idle (µs); None: it has data since
     merge_times: list[int] = field(default_factory=list)  # non-decreasing
     positions: list[int] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
@@ -289,18 +289,42 @@ class Lane:
 @dataclass
 class MergeState:
     lanes: dict[str, Lane]
-    released_to: int = NEVER  # every event merged before this time has been released
+    released_to: int = NEVER  # every event merged before this has been released (a late one:
+    # at once)
     open: bool = False  # events released since the last End
 
 
-def release(state: MergeState, final: bool = False) -> list[ParsedBatch | End]:
-    """Everything every active partition has passed, in (merge time, partition, offset)
+def release(state: MergeState, window_us: int, final: bool = False) -> list[ParsedBatch | End]:
+    """Everything no partition can still come before, in (merge time, partition, offset)
     order, as one batch per run of one partition; then, once every partition is idle and
-    nothing is left, an `End` that closes the current instant (as a quiet Redis Stream does)."""
+    nothing is left, an `End` that closes the current instant (as a quiet Redis Stream does).
+
+    An active partition holds back what is not older than its stream time. An idle one holds
+    back only what arrived less than the idle window before it last said it was idle (and is
+    not older than its stream time): what it could not have seen yet when it said so.
+    """
     lanes = state.lanes
-    active = [lane.stream_time for lane in lanes.values() if not lane.idle]
-    frontier = min(active) if active and not final else 2**62
-    frontier = state.released_to = max(state.released_to, frontier)
+    everything = 2**62
+    frontier = min((n.stream_time for n in lanes.values() if n.idle_at is None), default=everything)
+    idle = [lane for lane in lanes.values() if lane.idle_at is not None]
+    if idle and not final:
+        said = min(lane.idle_at for lane in idle) - window_us  # type: ignore[type-var]
+        behind = min(lane.stream_time for lane in idle)
+        for lane in lanes.values():
+            first = max(bisect_right(lane.seen_us, said), bisect_left(lane.merge_times, behind))
+            if first < len(lane.merge_times):
+                frontier = min(frontier, lane.merge_times[first])
+    if final:
+        frontier = everything
+    if frontier >= everything:
+        newest = max((lane.stream_time for lane in lanes.values()), default=NEVER)
+        state.released_to = max(state.released_to, newest + 1)
+    else:
+        # what is released past an idle partition may still be overtaken by its next events
+        # (out of order): only every partition's stream time moves the mark
+        passed = min((lane.stream_time for lane in lanes.values()), default=NEVER)
+        frontier = max(state.released_to, frontier)
+        state.released_to = max(state.released_to, min(passed, frontier))
     names = sorted(lanes, key=_partition_order)  # it breaks ties between equal merge times
     cuts = {name: bisect_left(lanes[name].merge_times, frontier) for name in names}
     heads = [(lanes[n].merge_times[0], i, n) for i, n in enumerate(names) if cuts[n]]
@@ -328,7 +352,7 @@ def release(state: MergeState, final: bool = False) -> list[ParsedBatch | End]:
             lanes[name].drop(cut)
     if out:
         state.open = True
-    quiet = all(lane.idle and not lane.merge_times for lane in lanes.values())
+    quiet = all(lane.idle_at is not None and not lane.merge_times for lane in lanes.values())
     if state.open and (quiet or final):
         state.open = False
         out.append(End(None))
@@ -343,32 +367,33 @@ def _partition_order(name: str) -> tuple[str, int]:
 class MergeLogic(StatefulBatchLogic[Any, ParsedBatch | End, bytes]):
     """The merge step's Bytewax logic around `MergeState` (see the module's docstring)."""
 
-    def __init__(self, partitions: list[str], resume: bytes | None) -> None:
+    def __init__(self, partitions: list[str], idle_ms: float, resume: bytes | None) -> None:
+        self.window_us = int(idle_ms * 1000)
         self.state: MergeState = pickle.loads(resume) if resume is not None else MergeState({})
         for name in partitions:
             self.state.lanes.setdefault(name, Lane())
         for name, lane in self.state.lanes.items():
             if name not in partitions:  # a checkpoint of another topic: never read again
-                lane.idle = True
+                lane.idle_at = 2**62
 
     def on_batch(self, values: list[ParsedBatch | End]) -> tuple[list[ParsedBatch | End], bool]:
         lanes = self.state.lanes
         passed: list[ParsedBatch | End] = []
         for batch in values:
             if isinstance(batch, End):  # not from Kafka's source; keep its place
-                passed += [*release(self.state, final=True), batch]
+                passed += [*release(self.state, self.window_us, final=True), batch]
                 continue
             lane = lanes.setdefault(batch.partition, Lane())
             if not batch.lines:
-                lane.idle = True
+                lane.idle_at = batch.seen_us
                 continue
-            lane.idle = False
+            lane.idle_at = None
             lane.add(batch)
-        return passed + release(self.state), StatefulBatchLogic.RETAIN
+        return passed + release(self.state, self.window_us), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[ParsedBatch | End], bool]:
         """Every partition has stopped (a replay that ends): release what is left."""
-        return release(self.state, final=True), StatefulBatchLogic.RETAIN
+        return release(self.state, self.window_us, final=True), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         # an immutable copy, as in flows/logic.py; the buffer holds only the events not yet
@@ -376,10 +401,12 @@ class MergeLogic(StatefulBatchLogic[Any, ParsedBatch | End, bytes]):
         return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def merge_partitions(parsed: Stream[Any], partitions: list[str]) -> KeyedStream[Any]:
+def merge_partitions(
+    parsed: Stream[Any], partitions: list[str], idle_ms: float
+) -> KeyedStream[Any]:
     """The merge after parsing: parsed per-partition batches in, one ordered stream out, still
     under the sequencer's key (so it goes straight into the sequencer, on the same worker)."""
     keyed = op.key_on("key_partitions", parsed, lambda _: MERGE_KEY)
     return op.stateful_batch(
-        "merge_partitions", keyed, lambda resume: MergeLogic(partitions, resume)
+        "merge_partitions", keyed, lambda resume: MergeLogic(partitions, idle_ms, resume)
     )

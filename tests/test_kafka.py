@@ -212,41 +212,74 @@ def partition_batches(lines: list[bytes], assign: Callable[[bytes], int]) -> dic
     return out
 
 
-def feed(lanes: dict[str, list], seed: int, snapshot_every: int = 0) -> list[tuple[str, int]]:
+def stop_index(lane: list, t: int) -> int:
+    """How many of a partition's messages come before a pause at event time t."""
+    for i, (_, _, event) in enumerate(lane):
+        if getattr(event, "event_time", -1) > t:
+            return i
+    return len(lane)
+
+
+def feed(
+    lanes: dict[str, list], seed: int, snapshot_every: int = 0, pauses: int = 0
+) -> list[tuple[str, int]]:
     """Every partition's messages into the merge, in chunks of random sizes, interleaved at
-    random, each partition idle once it is done; what comes out, as (partition, offset)."""
+    random, each partition idle once it is done; what comes out, as (partition, offset).
+    `pauses`: the bus goes quiet that many times on the way (every partition idle, as when
+    producers pause), then goes on."""
     import pickle
 
     from flows.items import End, ParsedBatch
     from flows.kafka import MergeLogic
 
     rng = random.Random(seed)
-    logic = MergeLogic(sorted(lanes), None)
+    logic = MergeLogic(sorted(lanes), 0, None)
     cursor = dict.fromkeys(lanes, 0)
     out: list[tuple[str, int]] = []
-    steps = 0
+    steps = 0  # the clock: a batch's parse time, and an idle partition's "as of"
+
+    def give(batch: ParsedBatch) -> None:
+        nonlocal logic, steps
+        released, _ = logic.on_batch([batch])
+        for item in released:
+            if not isinstance(item, End):
+                out.extend((item.partition, p) for p in item.positions)
+        steps += 1
+        if snapshot_every and steps % snapshot_every == 0:  # as a resumed stream would
+            logic = MergeLogic(sorted(lanes), 0, pickle.loads(pickle.dumps(logic.snapshot())))
+
+    def all_idle() -> None:
+        for name in lanes:
+            give(ParsedBatch(name, [], [], [], steps))
+
+    # a pause at an event time: every partition read up to it, then every partition idle
+    every = sorted(
+        e.event_time for lane in lanes.values() for *_, e in lane if hasattr(e, "event_time")
+    )
+    stops = [{n: stop_index(lanes[n], t) for n in lanes} for t in sorted(rng.sample(every, pauses))]
     while True:
+        if stops and all(cursor[n] >= stops[0][n] for n in lanes):
+            stops.pop(0)
+            all_idle()
         live = [name for name in lanes if cursor[name] <= len(lanes[name])]
+        if stops:
+            live = [name for name in live if cursor[name] < stops[0][name]]
         if not live:
+            if stops:
+                continue
             break
         name = rng.choice(live)
         start = cursor[name]
         if start == len(lanes[name]):
-            batch = ParsedBatch(name, [], [], [], 0)  # caught up: idle
+            give(ParsedBatch(name, [], [], [], steps))  # caught up: idle
             cursor[name] += 1
-        else:
-            chunk = lanes[name][start : start + rng.randint(1, 40)]
-            cursor[name] += len(chunk)
-            batch = ParsedBatch(
-                name, [o for o, _, _ in chunk], [b for _, b, _ in chunk], [e for *_, e in chunk], 0
-            )
-        released, _ = logic.on_batch([batch])
-        for item in released:
-            if not isinstance(item, End):
-                out += [(item.partition, p) for p in item.positions]
-        steps += 1
-        if snapshot_every and steps % snapshot_every == 0:  # as a resumed stream would
-            logic = MergeLogic(sorted(lanes), pickle.loads(pickle.dumps(logic.snapshot())))
+            continue
+        end = start + rng.randint(1, 40)
+        chunk = lanes[name][start : min(end, stops[0][name]) if stops else end]
+        cursor[name] += len(chunk)
+        positions = [o for o, _, _ in chunk]
+        give(ParsedBatch(name, positions, [b for _, b, _ in chunk], [e for *_, e in chunk], steps))
+    all_idle()  # idle partitions say so again every idle timeout
     return out
 
 
@@ -262,12 +295,14 @@ def test_merge_order_is_the_partitions_contents_not_their_timing(seed: int) -> N
     assert feed(lanes, seed=200, snapshot_every=3) == first
 
 
-def test_merge_of_events_in_time_order_is_time_order() -> None:
+@pytest.mark.parametrize("pauses", [0, 3])
+def test_merge_of_events_in_time_order_is_time_order(pauses: int) -> None:
     from features.events import Rejection
 
     events = random_events(seed=60, n=600)
     lanes = partition_batches(in_order_dirty(events, seed=4), by_hash)
-    merged = feed(lanes, seed=7)
+    merged = feed(lanes, seed=7, pauses=pauses)
+    assert len(merged) == sum(len(lane) for lane in lanes.values())
     read = {(name, o): e for name, lane in lanes.items() for o, _, e in lane}
     times = [read[k].event_time for k in merged if type(read[k]) is not Rejection]
     assert times == sorted(times)
