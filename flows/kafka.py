@@ -17,10 +17,11 @@ of order), and released once every active partition's stream time has passed tha
 released events go on ordered by (merge time, partition, offset). That order is a function of
 what each partition holds, never of when the partitions' messages arrived, so the sequencer
 after it (de-duplication, lateness, the clock) sees the same events in the same order on every
-run, every replay and any number of workers or processes. An idle partition stops holding the
-others back until it has data again. Both the buffered events and the stream times are in the
-step's recovery snapshot, taken at the same epoch as the source offsets: a resumed stream holds
-exactly the events it had buffered and reads on after them.
+run, every replay and any number of workers or processes. An idle partition holds back only
+what arrived less than the idle timeout before it last said it was idle. Both the buffered
+events and the stream times are in the step's recovery snapshot, taken at the same epoch as the
+source offsets: a resumed stream holds exactly the events it had buffered and reads on after
+them.
 """
 
 from __future__ import annotations
