@@ -53,11 +53,13 @@ def build_flow(
     parsed = op.map("parse_events", spread, functools.partial(parse_batch, shards=shards))
     keyed = op.key_on("order_events", parsed, lambda _: "sequence")
     # a Kafka topic's partitions are merged by stream time in the sequencer (docs/event-bus.md)
-    merged = source.list_parts() if isinstance(source, KafkaSource) else None
+    merged, idle_ms = None, 0.0
+    if isinstance(source, KafkaSource):
+        merged, idle_ms = source.list_parts(), source.idle_ms
     sequenced = op.stateful_batch(
         "sequence_events",
         keyed,
-        lambda state: SequencerLogic(shards, lateness_us, recoverable, state, merged),
+        lambda state: SequencerLogic(shards, lateness_us, recoverable, state, merged, idle_ms),
     )
     outputs = op.key_rm("unkey_sequence", sequenced)
     dead = op.flat_map("take_dead_letters", outputs, _dead_letters)

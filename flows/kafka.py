@@ -6,8 +6,9 @@ Source: each partition has its own confluent-kafka consumer, `assign`ed to its t
 recovery snapshot, is the offset of its next message and the number of its next item (every
 item is numbered, as `RawBatch.number` says). Bytewax spreads the partitions over workers and
 processes. A partition that has read everything the broker holds (librdkafka's partition EOF,
-and the broker's high watermark asked again before deciding) and got nothing new for the idle
-timeout sends one empty `RawBatch`: "idle, do not wait for me".
+and the broker's high watermark asked again before each) and got nothing new for the idle
+timeout sends an empty `RawBatch`, and another every idle timeout while that lasts: "as of now
+(its parse time), nothing is on its way from me".
 
 Merge (`Merge`, inside the sequencer's step when the bus is Kafka: `flows.logic.SequencerLogic`
 takes each partition's parsed batches in the order the source numbered them, then merges them
@@ -19,10 +20,10 @@ has passed that time; released lines go on as one columnar batch ordered by (mer
 partition, offset). That order is a function of what each partition holds, never of when the
 partitions' messages arrived, so the sequencer's admission (de-duplication, lateness, the
 clock) sees the same events in the same order on every run, every replay and any number of
-workers or processes. An idle partition stops holding the others back until it has data
-again. Both the buffered lines and the stream times are in the sequencer's recovery snapshot,
-taken at the same epoch as the source offsets: a resumed stream holds exactly the lines it had
-buffered and reads on after them.
+workers or processes. An idle partition holds back only what was parsed less than the idle
+timeout before it last said it was idle. Both the buffered lines and the stream times are in
+the sequencer's recovery snapshot, taken at the same epoch as the source offsets: a resumed
+stream holds exactly the lines it had buffered and reads on after them.
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ class Lane:
     """One partition in the merge: its stream time and its read, unreleased lines."""
 
     stream_time: int = NEVER  # the newest event time read from it
-    idle: bool = False
+    idle_at: int | None = None  # when it last said it is idle (µs); None: it has data since
     batches: list[ParsedBatch] = field(default_factory=list)  # read, not wholly released
     times: list[np.ndarray] = field(default_factory=list)  # each line's merge time, per batch
     start: int = 0  # the first line of batches[0] not yet released
@@ -279,6 +280,17 @@ class Lane:
             self.start = 0
         return out
 
+    def first_held(self, said: int, behind: int) -> int | None:
+        """The merge time of its first unreleased line parsed after `said` and not older than
+        `behind`, if any."""
+        for k, (batch, times) in enumerate(zip(self.batches, self.times, strict=True)):
+            if batch.seen_us <= said:
+                continue
+            first = max(self.start if k == 0 else 0, int(np.searchsorted(times, behind)))
+            if first < len(times):
+                return int(times[first])
+        return None
+
 
 @dataclass
 class Merge:
@@ -286,18 +298,20 @@ class Merge:
     sequencer's state, so its snapshot holds the buffered lines and the stream times."""
 
     lanes: dict[str, Lane] = field(default_factory=dict)
-    released_to: int = NEVER  # every line merged before this time has been released
+    released_to: int = NEVER  # every line merged before this has been released (a late one: at
+    # once)
     open: bool = False  # lines released since the last End
-    retired: set[str] = field(default_factory=set)  # of a checkpoint, no longer read
+    window_us: int = 0  # the idle timeout
 
-    def read_from(self, partitions: list[str]) -> None:
+    def read_from(self, partitions: list[str], idle_ms: float) -> None:
         """The topic's partitions as the stream starts: a partition of a checkpoint that is no
         longer read (another topic) never holds the others back."""
+        self.window_us = int(idle_ms * 1000)
         for name in partitions:
             self.lanes.setdefault(name, Lane())
-        self.retired = set(self.lanes) - set(partitions)
-        for name in self.retired:
-            self.lanes[name].idle = True
+        for name, lane in self.lanes.items():
+            if name not in partitions:
+                lane.idle_at = 2**62
 
     def merged(self, items: list[ParsedBatch | End]) -> list[ParsedBatch | End]:
         """Each partition's items in, in its own order; out, what every active partition has
@@ -309,30 +323,43 @@ class Merge:
                 out += [*self.release(final=True), item]
                 continue
             lane = self.lanes.setdefault(item.partition, Lane())
-            if not len(item):  # the partition is idle
-                lane.idle = True
+            if not len(item):  # the partition is idle, as of its parse time
+                lane.idle_at = item.seen_us
                 continue
-            if lane.idle and all(other.idle for other in self.lanes.values()):
-                self._resume(item.partition)
-            lane.idle = False
+            lane.idle_at = None
             lane.add(item)
         return out + self.release()
 
-    def _resume(self, first: str) -> None:
-        """Traffic resumes after every partition was idle: the others were idle during the
-        pause, not necessarily now (their next messages may be a fetch away), so each is waited
-        for again until it reads a message or says once more that it is idle."""
-        for name, lane in self.lanes.items():
-            if name != first and name not in self.retired:
-                lane.idle = False
-
     def release(self, final: bool = False) -> list[ParsedBatch | End]:
+        """What no partition can still come before. An active partition holds back what is not
+        older than its stream time; an idle one only what was parsed less than the idle timeout
+        before it last said it was idle (and is not older than its stream time): what it could
+        not have seen yet when it said so."""
         lanes = self.lanes
-        active = [lane.stream_time for lane in lanes.values() if not lane.idle]
-        if active and not final:
-            frontier = self.released_to = max(self.released_to, min(active))
-        else:  # every partition idle, or the end: all that was read goes (this once)
-            frontier = 2**62
+        everything = 2**62
+        frontier = min(
+            (lane.stream_time for lane in lanes.values() if lane.idle_at is None),
+            default=everything,
+        )
+        idle = [lane for lane in lanes.values() if lane.idle_at is not None]
+        if idle and not final:
+            said = min(lane.idle_at for lane in idle if lane.idle_at is not None) - self.window_us
+            behind = min(lane.stream_time for lane in idle)
+            for lane in lanes.values():
+                held = lane.first_held(said, behind)
+                if held is not None:
+                    frontier = min(frontier, held)
+        if final:
+            frontier = everything
+        if frontier >= everything:
+            newest = max((lane.stream_time for lane in lanes.values()), default=NEVER)
+            self.released_to = max(self.released_to, newest + 1)
+        else:
+            # what is released past an idle partition may still be overtaken by its next events
+            # (out of order): only every partition's stream time moves the mark
+            passed = min((lane.stream_time for lane in lanes.values()), default=NEVER)
+            frontier = max(self.released_to, frontier)
+            self.released_to = max(self.released_to, min(passed, frontier))
         out: list[ParsedBatch | End] = []
         pieces = [
             (rank, *piece)
@@ -345,7 +372,7 @@ class Merge:
             out.append(_in_merge_order(pieces))
         if out:
             self.open = True
-        quiet = all(lane.idle and not lane.batches for lane in lanes.values())
+        quiet = all(lane.idle_at is not None and not lane.batches for lane in lanes.values())
         if self.open and (quiet or final):
             self.open = False
             out.append(End(None))

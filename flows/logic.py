@@ -121,7 +121,8 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
 
     Batches are parsed on every worker, so they may arrive out of their source's order; each
     partition's items are taken in the order the source numbered them. `merged`: the partitions
-    of a Kafka topic, merged into one order by stream time before they are admitted."""
+    of a Kafka topic, merged into one order by stream time before they are admitted (`idle_ms`:
+    the source's idle timeout)."""
 
     def __init__(
         self,
@@ -130,6 +131,7 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
         recoverable: bool,
         state: Any,
         merged: list[str] | None = None,
+        idle_ms: float = 0.0,
     ):
         self.shards = [str(i) for i in range(shards)]
         self.state = _thawed(state) if state is not None else Ordered(Sequencer(lateness_us))
@@ -137,7 +139,7 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
         self.merging = merged is not None
         if merged is not None:
             self.state.merge = self.state.merge or Merge()
-            self.state.merge.read_from(merged)
+            self.state.merge.read_from(merged, idle_ms)
 
     def on_batch(self, values: list[ParsedBatch | End]) -> tuple[list[SequencerOutput], bool]:
         seq = self.state.sequencer

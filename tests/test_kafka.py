@@ -212,9 +212,22 @@ def partition_batches(lines: list[bytes], assign: Callable[[bytes], int]) -> dic
     return out
 
 
-def feed(lanes: dict[str, list], seed: int, snapshot_every: int = 0) -> list[tuple[str, int]]:
+def stop_index(lane: list, t: int) -> int:
+    """How many of a partition's messages come before a pause at event time t."""
+    for i, (_, _, event) in enumerate(lane):
+        if getattr(event, "event_time", -1) > t:
+            return i
+    return len(lane)
+
+
+def feed(
+    lanes: dict[str, list], seed: int, snapshot_every: int = 0, pauses: int = 0
+) -> list[tuple[str, int]]:
     """Every partition's messages into the merge, in chunks of random sizes, interleaved at
-    random, each partition idle once it is done; what comes out, as (partition, offset)."""
+    random, each partition idle once it is done; what comes out, as (partition, offset).
+    `pauses`: the bus goes quiet that many times on the way (every partition idle, as when
+    producers pause), then goes on."""
+    import dataclasses
     import pickle
 
     from flows.items import End, RawBatch
@@ -223,32 +236,55 @@ def feed(lanes: dict[str, list], seed: int, snapshot_every: int = 0) -> list[tup
 
     rng = random.Random(seed)
     merge = Merge()
-    merge.read_from(sorted(lanes))
+    merge.read_from(sorted(lanes), 0)
     cursor = dict.fromkeys(lanes, 0)
     out: list[tuple[str, int]] = []
-    steps = 0
+    steps = 0  # the clock: a batch's parse time, and an idle partition's "as of"
+
+    def give(name: str, chunk: list) -> None:
+        nonlocal merge, steps
+        raw = RawBatch(name, [o for o, _, _ in chunk], [b for _, b, _ in chunk])
+        batch = parse_batch(raw, shards=4)
+        assert not isinstance(batch, End)
+        for item in merge.merged([dataclasses.replace(batch, seen_us=steps)]):
+            if not isinstance(item, End):
+                out.extend((item.partition_of(i), int(item.positions[i])) for i in range(len(item)))
+        steps += 1
+        if snapshot_every and steps % snapshot_every == 0:  # as a resumed stream would
+            merge = pickle.loads(pickle.dumps(merge))  # the sequencer's snapshot holds it
+            merge.read_from(sorted(lanes), 0)
+
+    def all_idle() -> None:
+        for name in lanes:
+            give(name, [])
+
+    # a pause at an event time: every partition read up to it, then every partition idle
+    every = sorted(
+        e.event_time for lane in lanes.values() for *_, e in lane if hasattr(e, "event_time")
+    )
+    stops = [{n: stop_index(lanes[n], t) for n in lanes} for t in sorted(rng.sample(every, pauses))]
     while True:
+        if stops and all(cursor[n] >= stops[0][n] for n in lanes):
+            stops.pop(0)
+            all_idle()
         live = [name for name in lanes if cursor[name] <= len(lanes[name])]
+        if stops:
+            live = [name for name in live if cursor[name] < stops[0][name]]
         if not live:
+            if stops:
+                continue
             break
         name = rng.choice(live)
         start = cursor[name]
         if start == len(lanes[name]):
-            raw = RawBatch(name, [], [])  # caught up: idle
+            give(name, [])  # caught up: idle
             cursor[name] += 1
-        else:
-            chunk = lanes[name][start : start + rng.randint(1, 40)]
-            cursor[name] += len(chunk)
-            raw = RawBatch(name, [o for o, _, _ in chunk], [b for _, b, _ in chunk])
-        batch = parse_batch(raw, shards=4)
-        assert not isinstance(batch, End)
-        for item in merge.merged([batch]):
-            if not isinstance(item, End):
-                out += [(item.partition_of(i), int(item.positions[i])) for i in range(len(item))]
-        steps += 1
-        if snapshot_every and steps % snapshot_every == 0:  # as a resumed stream would
-            merge = pickle.loads(pickle.dumps(merge))  # the sequencer's snapshot holds it
-            merge.read_from(sorted(lanes))
+            continue
+        end = start + rng.randint(1, 40)
+        chunk = lanes[name][start : min(end, stops[0][name]) if stops else end]
+        cursor[name] += len(chunk)
+        give(name, chunk)
+    all_idle()  # idle partitions say so again every idle timeout
     return out
 
 
@@ -305,12 +341,14 @@ def test_merge_order_is_the_partitions_contents_not_their_timing(seed: int) -> N
     assert feed(lanes, seed=200, snapshot_every=3) == first
 
 
-def test_merge_of_events_in_time_order_is_time_order() -> None:
+@pytest.mark.parametrize("pauses", [0, 3])
+def test_merge_of_events_in_time_order_is_time_order(pauses: int) -> None:
     from features.events import Rejection
 
     events = random_events(seed=60, n=600)
     lanes = partition_batches(in_order_dirty(events, seed=4), by_hash)
-    merged = feed(lanes, seed=7)
+    merged = feed(lanes, seed=7, pauses=pauses)
+    assert len(merged) == sum(len(lane) for lane in lanes.values())
     read = {(name, o): e for name, lane in lanes.items() for o, _, e in lane}
     times = [read[k].event_time for k in merged if type(read[k]) is not Rejection]
     assert times == sorted(times)
@@ -331,7 +369,7 @@ def test_after_every_partition_was_idle_the_first_to_resume_waits_for_the_others
     lines = [line_of(distinct[t]) for t in sorted(distinct)]
     assert len(lines) >= 60
     merge = Merge()
-    merge.read_from(["t/0", "t/1"])
+    merge.read_from(["t/0", "t/1"], 0)
     numbers = dict.fromkeys(["t/0", "t/1"], 0)
 
     def read(name: str, chunk: list[bytes]) -> list[tuple[str, int]]:
