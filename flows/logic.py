@@ -142,7 +142,6 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
             self.state.merge.read_from(merged, idle_ms)
 
     def on_batch(self, values: list[ParsedBatch | End]) -> tuple[list[SequencerOutput], bool]:
-        seq = self.state.sequencer
         values = self.state.in_order(values)
         merge = self.state.merge
         if merge is not None and self.merging:
@@ -150,6 +149,16 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
         elif merge is not None:  # a Kafka checkpoint resumed on another bus: its lines go first
             values = [*merge.release(final=True), *values]
             self.state.merge = None
+        return self._sequenced(values), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[SequencerOutput], bool]:
+        """The input has ended (a replay of a topic to its end): what the merge holds goes."""
+        if self.state.merge is None:
+            return [], StatefulBatchLogic.RETAIN
+        return self._sequenced(self.state.merge.release(final=True)), StatefulBatchLogic.RETAIN
+
+    def _sequenced(self, values: list[ParsedBatch | End]) -> list[SequencerOutput]:
+        seq = self.state.sequencer
         segments: list[list[Segment]] = [[Segment()] for _ in self.shards]
         dead: list[DeadLetter] = []
         for batch in values:
@@ -173,7 +182,7 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
             default=None,
         )
         work = [ShardWork(s, own, published) for s, own in zip(self.shards, segments, strict=True)]
-        return [SequencerOutput(work, dead)], StatefulBatchLogic.RETAIN
+        return [SequencerOutput(work, dead)]
 
     def _admit(self, batch: ParsedBatch, segments: list[list[Segment]], dead: list) -> None:
         events = batch.events
