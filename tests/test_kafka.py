@@ -198,6 +198,24 @@ def test_stream_equals_backfill(
     assert len(read) > 1, f"dead letters from one partition only: {read}"
 
 
+def test_a_replay_to_the_topics_end_equals_a_backfill(
+    tmp_path: Path, kafka_settings: Settings
+) -> None:
+    """`run_stream(until_caught_up=True)`, the replay `bench kafka` times: the topic from its
+    start to its end, in a backfill's mode, ends with every event merged in."""
+    from flows.runner import run_stream
+
+    events = random_events(seed=44, n=600)
+    lines = in_order_dirty(events, seed=6)
+    backfilled = backfill_of(kafka_settings, tmp_path, lines, db=1)
+    assert kafka_settings.kafka is not None
+    assert publish_kafka(kafka_settings.kafka, lines) == len(lines)
+    run_stream(kafka_settings, until_caught_up=True)
+    assert changelog_rows(kafka_settings) == changelog_rows(backfilled)
+    assert online_dump(kafka_settings) == online_dump(backfilled)
+    assert sorted_letters(kafka_settings) == sorted_letters(backfilled)
+
+
 # --- the merge rule, alone ---------------------------------------------------------------------
 
 
