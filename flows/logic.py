@@ -21,6 +21,7 @@ from features.engine import (
     kinds_of,
     last_type,
 )
+from features.errors import FlowError
 from features.specs import ENTITIES, Entity
 from flows.items import (
     DeadLetter,
@@ -37,6 +38,12 @@ from flows.metrics import METRICS
 from flows.sharding import shards_of
 
 _KIND_TYPES = {e.name: [TYPE_CODE[t] for t in TYPE_CODE if e in kinds_of(t)] for e in ENTITIES}
+
+
+_OLD_CHECKPOINT = (
+    "the flow's checkpoint was written by an older BestMatch, whose state this one cannot read: "
+    "run `bestmatch backfill` again (it starts the checkpoint afresh)"
+)
 
 
 def parse_batch(batch: RawBatch | End, shards: int) -> ParsedBatch | End:
@@ -123,6 +130,8 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
     def __init__(self, shards: int, lateness_us: int, recoverable: bool, state: Any):
         self.shards = [str(i) for i in range(shards)]
         self.state = _thawed(state) if state is not None else Ordered(Sequencer(lateness_us))
+        if not isinstance(self.state, Ordered):
+            raise FlowError(_OLD_CHECKPOINT)
         self.recoverable = recoverable
 
     def on_batch(self, values: list[ParsedBatch | End]) -> tuple[list[SequencerOutput], bool]:
@@ -220,6 +229,8 @@ class ShardLogic(StatefulBatchLogic[ShardWork, ShardOutput, Any]):
         if state is None:
             self.engine = ShardEngine()
         else:
+            if not isinstance(state, tuple):
+                raise FlowError(_OLD_CHECKPOINT)
             shard, generation, offset = state
             self.shard = shard
             self.journal = self._journal(shard)
