@@ -1,5 +1,4 @@
-"""The routes' dependencies, as named `Annotated` types, and the checks behind them (which
-`routes.rank.serve` calls directly, without FastAPI's dependency resolution)."""
+"""The routes' dependencies, as named `Annotated` types, and the checks behind them."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.security.utils import get_authorization_scheme_param
 
 from serving.errors import NotReady, Unauthorized
 from serving.model import LoadedRanker
@@ -23,12 +21,6 @@ async def get_state(request: Request) -> ServingState:
 
 
 State = Annotated[ServingState, Depends(get_state)]
-
-
-def bearer_token(authorization: str | None) -> str:
-    """The key of an `Authorization: Bearer <key>` header ("" for none or another scheme)."""
-    scheme, token = get_authorization_scheme_param(authorization)
-    return token if scheme.lower() == "bearer" else ""
 
 
 def check_key(state: ServingState, given: str) -> None:
