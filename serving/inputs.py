@@ -14,14 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from features.ranking import FREELANCER_COLUMNS, JOB_COLUMNS, ProposalRows, input_matrix
+from features.ranking import (
+    FREELANCER_COLUMNS,
+    JOB_COLUMNS,
+    MODEL_FEATURES,
+    ProposalRows,
+    input_matrix,
+)
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # compared by identity: it holds an array
 class FreelancerInput:
-    """A freelancer's part of the model's input that no request changes: its store columns
-    (read-only, shared between requests; and as float64 bytes, which `request_input` joins) and
-    its skills (None: unknown)."""
+    """A freelancer's part of the model's input that no request changes: a full-width row of the
+    model's input with its store columns filled (NaN elsewhere; read-only, shared between
+    requests), those columns as float64 bytes (what `request_input` joins), and its skills
+    (None: unknown)."""
 
     row: np.ndarray
     packed: bytes
@@ -29,10 +36,12 @@ class FreelancerInput:
 
 
 def freelancer_input(values: Mapping[str, Any]) -> FreelancerInput:
-    row = FREELANCER_COLUMNS.row(values)
+    columns = FREELANCER_COLUMNS.row(values)
+    row = np.full(len(MODEL_FEATURES), np.nan)
+    row[FREELANCER_COLUMNS.where] = columns
     row.flags.writeable = False
     skills = values.get("fl_skills")
-    return FreelancerInput(row, row.tobytes(), None if skills is None else frozenset(skills))
+    return FreelancerInput(row, columns.tobytes(), None if skills is None else frozenset(skills))
 
 
 UNKNOWN = freelancer_input({})

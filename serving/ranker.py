@@ -1,4 +1,4 @@
-"""Scoring one request: store values + proposals → `matrix_of` → booster → ranked answer.
+"""Scoring one request: store values + proposals → the model's input → booster → ranked answer.
 
 The model's input comes from `features.ranking.input_matrix`, the one implementation training
 uses too (`serving.inputs.request_input` feeds it each freelancer's columns as the store's memo
