@@ -1,19 +1,19 @@
 """Reading a request's entities from the online store, within a bounded time, on the event loop.
 
 Every entity of a request (the job, its client when known, each distinct freelancer) is read with
-one `MGET` of their serving records (`features.online_layout`, the one module that knows the Redis
-layout: one packed string per entity, written with its Feast hash by the same guarded script call),
-and only the features the model reads are kept. An entity without a record of this feature schema
-(its hash written by someone else, e.g. Feast, or by an older version, or an unknown entity) is read
-from its hash: in a second round trip the first time, then in the same pipeline as the `MGET` (the
-reader remembers such entities), so a request takes one round trip. Each entity comes back with
-the time of its last change (`_us:<view>`, which the record holds too), so the service can say
-how old the features it serves are.
+one call of a small Lua script (`READ_SCRIPT`): an `MGET` of their serving records
+(`features.online_layout`, the one module that knows the Redis layout: one packed string per
+entity, written with its Feast hash by the same guarded script call), and for each entity without
+a record of this feature schema (its hash written by someone else, e.g. Feast, or by an older
+version, or an unknown entity) an `HMGET` of its hash, in Redis. So a request is one command and
+one round trip, whatever its entities, and only the features the model reads are kept. Each
+entity comes back with the time of its last change (`_us:<view>`, which the record holds too), so
+the service can say how old the features it serves are.
 
-The reads go through redis-py's asyncio client (`redis.asyncio`): one command, or a pipeline
-without a transaction, is one write and one round trip, and while Redis answers the event loop
-serves other requests. A Redis that stalls holds only the requests that wait on it, never
-`/healthz` or the answers that skip the store.
+The call goes through redis-py's asyncio client (`redis.asyncio`, its `register_script`: EVALSHA,
+the script loaded again where the server lost it): while Redis answers, the event loop serves
+other requests. A Redis that stalls holds only the requests that wait on it, never `/healthz` or
+the answers that skip the store.
 
 Faults: the client has short connect and read timeouts and no retries, so a slow or dead store
 costs a request at most `redis_timeout_s` per round trip. After a failure, requests skip the store
@@ -33,11 +33,18 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 
 from features.errors import StoreError
-from features.online_layout import decode_record, decode_value, layout, record_key, redis_key
+from features.online_layout import (
+    RECORD_PREFIX,
+    decode_record,
+    decode_value,
+    layout,
+    record_key,
+)
 from features.ranking import STORE_FEATURES
-from features.specs import CLIENT, FREELANCER, JOB, Dtype, Entity, features_of
+from features.specs import CLIENT, ENTITIES, FREELANCER, JOB, Dtype, Entity, features_of
 from serving.inputs import FreelancerInput, freelancer_input
 
 
@@ -69,7 +76,7 @@ class _Read:
     """What is read of one entity kind: the store features the model uses (`STORE_FEATURES`,
     `wanted` their places among the entity's features); from the hash, those fields, then
     `_ts:<view>` (whether the entity exists) and `_us:<view>` (when it last changed). And, built
-    once per project and entity, its record key and its hash key."""
+    once per project and entity, its record key."""
 
     entity: Entity
     kind: str
@@ -78,7 +85,6 @@ class _Read:
     dtypes: tuple[Dtype, ...]
     fields: list[bytes]
     records: dict[str, dict[str, bytes]]  # project -> entity id -> record key
-    hashes: dict[str, dict[str, bytes]]  # project -> entity id -> hash key
 
     def record_keys(self, project: str, entity_ids: Sequence[str]) -> list[bytes]:
         table = _table(self.records, project)
@@ -89,13 +95,6 @@ class _Read:
                     key = table[entity_id] = record_key(project, self.entity, entity_id)
                     keys[n] = key
         return keys  # type: ignore[return-value]  # every None replaced
-
-    def hash_key(self, project: str, entity_id: str) -> bytes:
-        table = _table(self.hashes, project)
-        found = table.get(entity_id)
-        if found is None:
-            found = table[entity_id] = redis_key(project, self.entity, entity_id)
-        return found
 
 
 _READS: dict[str, _Read] = {}
@@ -120,7 +119,6 @@ def _build_read(entity: Entity) -> _Read:
         dtypes=tuple(lay.dtypes[i] for i in wanted),
         fields=[*(lay.fields[i] for i in wanted), lay.ts_field, lay.stamp_field],
         records={},
-        hashes={},
     )
 
 
@@ -128,12 +126,7 @@ class EntityMemo:
     """Decoded entities by their raw reply (a record's bytes, or a hash's fields), per kind. The
     same freelancers and jobs come back request after request with the same bytes (which hold the
     change stamp), so decoding is mostly one lookup, and so is a freelancer's part of the model's
-    input, kept with it.
-
-    And, per project and kind, the entities found without a record of this schema (unknown ones,
-    or ones whose hash someone else wrote): their next reads send the HMGET of their hash in the
-    same pipeline as the `MGET`, so a request naming them still takes one round trip.
-    `round_trips` counts the round trips of the reads that used this memo.
+    input, kept with it. `round_trips` counts the round trips of the reads that used this memo.
 
     Bounded: a full table starts over."""
 
@@ -141,24 +134,27 @@ class EntityMemo:
         self.size = size
         self.tables: defaultdict[str, dict[bytes | tuple[bytes | None, ...], Stamped]]
         self.tables = defaultdict(dict)
-        self.unrecorded: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
         self.round_trips = 0
 
-    def from_record(self, read: _Read, raw: bytes) -> Stamped | None:
-        """The entity of a serving record; None for a record of another format or schema."""
+    def from_record(self, read: _Read, raw: bytes) -> Stamped:
+        """The entity of a serving record of this feature schema (as the script answers one)."""
         table = self.tables[read.kind]
         found = table.get(raw)
         if found is None:
             decoded = decode_record(read.entity, raw)
             if decoded is None:
-                return None
+                msg = f"{read.kind}: the read script answered a record of another schema"
+                raise StoreError(msg)
             every, stamp_us = decoded
             values = dict(zip(read.names, [every[i] for i in read.wanted], strict=True))
             found = self._keep(table, raw, read, values, stamp_us)
         return found
 
-    def decode(self, read: _Read, raw: list[bytes | None]) -> Stamped:
-        """The entity of an HMGET reply (`_Read`'s fields)."""
+    def decode(self, read: _Read, raw: list[bytes | None]) -> Stamped | None:
+        """The entity of an HMGET reply (`_Read`'s fields); None where it has no hash (no
+        `_ts:<view>`, as for `read_entities` and Feast)."""
+        if not raw[-2]:
+            return None
         table = self.tables[read.kind]
         key = tuple(raw)
         found = table.get(key)
@@ -168,12 +164,6 @@ class EntityMemo:
                 for name, dtype, value in zip(read.names, read.dtypes, raw, strict=False)
             }
             found = self._keep(table, key, read, values, int(raw[-1]) if raw[-1] else None)
-        return found
-
-    def unrecorded_of(self, project: str, read: _Read) -> set[str]:
-        found = self.unrecorded[project, read.kind]
-        if len(found) >= self.size:
-            found.clear()
         return found
 
     def _keep(
@@ -191,25 +181,72 @@ class EntityMemo:
         return found
 
 
+def _lua(raw: bytes) -> str:
+    """A Lua string literal of these bytes (printable ASCII as itself, others escaped)."""
+    return '"' + "".join(_LUA_BYTES[byte] for byte in raw) + '"'
+
+
+_LUA_BYTES = [
+    chr(byte) if 32 <= byte < 127 and chr(byte) not in '\\"' else f"\\{byte:03d}"
+    for byte in range(256)
+]
+
+
+def _read_script() -> str:
+    fields = ",\n  ".join(
+        f"[{_lua(entity.name.encode())}] = {{{', '.join(map(_lua, _read_of(entity).fields))}}}"
+        for entity in ENTITIES
+    )
+    heads = ",\n  ".join(
+        f"[{_lua(entity.name.encode())}] = {_lua(layout(entity).record_head)}"
+        for entity in ENTITIES
+    )
+    return f"""-- BestMatch's read of one request's entities (serving/store.py).
+-- KEYS: the entities' record keys; each one's hash key is its record key without the prefix.
+-- ARGV: the number of runs of one kind, then each run's kind and length, in KEYS' order.
+-- Answer: per entity, its record where it is of this feature schema, else its hash's fields.
+local fields = {{
+  {fields}
+}}
+local heads = {{
+  {heads}
+}}
+local prefix = {len(RECORD_PREFIX)}
+local out = redis.call('MGET', unpack(KEYS))
+local i = 1
+for run = 1, tonumber(ARGV[1]) do
+  local kind = ARGV[2 * run]
+  local head = heads[kind]
+  for _ = 1, tonumber(ARGV[2 * run + 1]) do
+    local record = out[i]
+    if not record or string.sub(record, 1, {_HEAD}) ~= head then
+      out[i] = redis.call('HMGET', string.sub(KEYS[i], prefix + 1), unpack(fields[kind]))
+    end
+    i = i + 1
+  end
+end
+return out
+"""
+
+
+_HEAD = len(layout(ENTITIES[0]).record_head)
+READ_SCRIPT = _read_script()
+
+
 async def read_stamped(
     client: aioredis.Redis,
     project: str,
     requests: Sequence[tuple[Entity, str]],
     memo: EntityMemo | None = None,
 ) -> list[Stamped | None]:
-    """Many entities' model features and change times (None: unknown), in one round trip.
-
-    One `MGET` of the entities' serving records, pipelined with the HMGETs of the entities
-    `memo` knows have no record of this schema. Entities it finds no record of, and that it sent
-    no HMGET for, are read from their hashes in a second round trip (and remembered, so the next
-    read of them takes one). There the keys, fields and value decoding are `online_layout`'s, and
-    an entity exists when its `_ts:<view>` field does, as for `read_entities` and Feast.
-    """
+    """Many entities' model features and change times (None: unknown), in one round trip: one
+    call of `READ_SCRIPT`. There the keys, fields and value decoding are `online_layout`'s."""
     memo = memo or EntityMemo()
     reads = [_read_of(entity) for entity, _ in requests]
     ids = [entity_id for _, entity_id in requests]
     keys = [read.record_keys(project, (i,))[0] for read, i in zip(reads, ids, strict=True)]
-    return await _fetch(client, project, reads, ids, keys, _runs(reads), memo)
+    script = client.register_script(READ_SCRIPT)
+    return await _fetch(script, reads, keys, _runs(reads), memo)
 
 
 def _runs(reads: Sequence[_Read]) -> list[tuple[int, int, _Read]]:
@@ -224,83 +261,37 @@ def _runs(reads: Sequence[_Read]) -> list[tuple[int, int, _Read]]:
     return runs
 
 
-def _hashed(
-    memo: EntityMemo, project: str, runs: list[tuple[int, int, _Read]], ids: Sequence[str]
-) -> list[int]:
-    """The places of the entities `memo` knows have no record: per run of one kind, a set
-    lookup (in C) first, a look at each entity only where one of them is there."""
-    hashed: list[int] = []
-    for start, end, read in runs:
-        known = memo.unrecorded_of(project, read)
-        if known and not known.isdisjoint(ids[start:end]):
-            hashed += [n for n in range(start, end) if ids[n] in known]
-    return hashed
-
-
 async def _fetch(
-    client: aioredis.Redis,
-    project: str,
+    script: AsyncScript,
     reads: Sequence[_Read],
-    ids: Sequence[str],
     keys: list[bytes],
     runs: list[tuple[int, int, _Read]],
     memo: EntityMemo,
 ) -> list[Stamped | None]:
-    """`read_stamped`, given the `MGET`'s keys and the runs of one kind."""
-    hashed = _hashed(memo, project, runs, ids)
-    if hashed:
-        pipe = client.pipeline(transaction=False)
-        pipe.mget(keys)
-        for i in hashed:
-            pipe.execute_command("HMGET", reads[i].hash_key(project, ids[i]), *reads[i].fields)
-        records, *hashes = _replies(await pipe.execute(raise_on_error=False))
-    else:
-        try:
-            records = await client.mget(keys)
-        except redis.ResponseError as exc:
-            raise _answered(exc) from None
-        hashes = []
-    memo.round_trips += 1
-    if len(records) != len(reads):
-        msg = f"the online store answered {len(records)} records for {len(reads)} keys"
-        raise StoreError(msg)
-    # A lookup first, per run of one kind: decoding is for the records not seen before.
-    found: list[Stamped | None] = []
+    """`read_stamped`, given the record keys and the runs of one kind."""
+    args: list[Any] = [len(runs)]
     for start, end, read in runs:
-        found += map(memo.tables[read.kind].get, records[start:end])
-    for n in [n for n, stamped in enumerate(found) if stamped is None]:
-        raw = records[n]
-        if raw is not None:
-            found[n] = memo.from_record(reads[n], raw)
-    for i, raw in zip(hashed, hashes, strict=True):
-        if found[i] is None:
-            found[i] = memo.decode(reads[i], raw) if raw[-2] else None
-        else:  # it has a record now
-            memo.unrecorded_of(project, reads[i]).discard(ids[i])
-    read_already = set(hashed)  # found or not
-    missing = [i for i, stamped in enumerate(found) if stamped is None and i not in read_already]
-    if missing:
-        pipe = client.pipeline(transaction=False)
-        for i in missing:
-            pipe.execute_command("HMGET", reads[i].hash_key(project, ids[i]), *reads[i].fields)
-        replies = _replies(await pipe.execute(raise_on_error=False))
-        memo.round_trips += 1
-        for i, raw in zip(missing, replies, strict=True):
-            found[i] = memo.decode(reads[i], raw) if raw[-2] else None
-            memo.unrecorded_of(project, reads[i]).add(ids[i])
+        args += (read.kind, end - start)
+    try:
+        replies = await script(keys=keys, args=args)
+    except redis.ResponseError as exc:
+        msg = f"the online store answered an error: {exc}"
+        raise StoreError(msg) from None
+    memo.round_trips += 1
+    if len(replies) != len(reads):
+        msg = f"the online store answered {len(replies)} entities for {len(reads)} keys"
+        raise StoreError(msg)
+    found: list[Stamped | None] = []
+    for start, end, read in runs:  # a lookup first: decoding is for the replies not seen before
+        table = memo.tables[read.kind]
+        for raw in replies[start:end]:
+            stamped = table.get(raw) if type(raw) is bytes else None
+            if stamped is None:
+                stamped = (
+                    memo.from_record(read, raw) if type(raw) is bytes else memo.decode(read, raw)
+                )
+            found.append(stamped)
     return found
-
-
-def _replies(replies: list[Any]) -> list[Any]:
-    """A pipeline's replies; `StoreError` where Redis answered one with an error."""
-    for reply in replies:
-        if isinstance(reply, redis.ResponseError):
-            raise _answered(reply)
-    return replies
-
-
-def _answered(error: Exception) -> StoreError:
-    return StoreError(f"the online store answered an error: {error}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +328,7 @@ class FeatureReader:
         self.retry_s = retry_s
         self._skip_until = 0.0
         self._memo = EntityMemo()
+        self._script = client.register_script(READ_SCRIPT)
         self.up = True
 
     async def read(
@@ -366,7 +358,7 @@ class FeatureReader:
         ids += distinct
         keys += freelancer.record_keys(project, distinct)
         try:
-            found = await _fetch(self.client, project, reads, ids, keys, runs, self._memo)
+            found = await _fetch(self._script, reads, keys, runs, self._memo)
         except (redis.RedisError, OSError, StoreError):
             self._failed()
             return RequestFeatures(

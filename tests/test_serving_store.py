@@ -188,33 +188,27 @@ def test_a_request_mixing_every_case(client: redis.Redis) -> None:
     assert all(a is b for a, b in zip(first, again, strict=True))  # remembered, not decoded
 
 
-def test_entities_without_a_record_are_read_in_one_round_trip_once_known(
-    client: redis.Redis,
-) -> None:
+def test_entities_without_a_record_are_read_in_the_same_round_trip(client: redis.Redis) -> None:
     requests = [(JOB, "j-1"), (CLIENT, "c-1"), *freelancers(4)]
     fill(client, 11, *requests)
     client.delete(record_key(PROJECT, FREELANCER, "f-2"))  # its hash alone, as Feast writes
     asked = [*requests, (CLIENT, "c-nobody"), (FREELANCER, "f-nobody")]
     memo = EntityMemo()
     first, sent = read(client, asked, memo)
-    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 2  # found out
-    for _ in range(2):
+    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 1
+    for trips in (2, 3):
         again, sent = read(client, asked, memo)
         assert all(a is b for a, b in zip(first, again, strict=True))
-        assert sent == {"mget": 1, "hmget": 3}  # the same commands, in one write
-    assert memo.round_trips == 4
-    # One of them gets a record: served from it (the HMGET sent with it is not needed), and
-    # from then on no HMGET is sent for it.
+        assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == trips
+    # One of them gets a record: served from it, and its hash is no longer read.
     fill(client, 12, (FREELANCER, "f-nobody"))
     found, sent = read(client, asked, memo)
     assert found[-1] is not None and found[-1].stamp_us is not None
-    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 5
-    _, sent = read(client, asked, memo)
-    assert sent == {"mget": 1, "hmget": 2} and memo.round_trips == 6
-    # A known entity whose record goes away is found out again: two round trips, once.
+    assert sent == {"mget": 1, "hmget": 2} and memo.round_trips == 4
+    # A known entity whose record goes away is read from its hash, in the same round trip.
     client.delete(record_key(PROJECT, FREELANCER, "f-0"))
     found, sent = read(client, asked, memo)
-    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 8
+    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 5
     assert found[2] is not None and found[2].values == first[2].values
 
 
