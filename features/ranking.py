@@ -40,9 +40,11 @@ The parity test holds `input_matrix` (through `model_frame` over many requests, 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import repeat
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -313,9 +315,31 @@ def _skill_columns(
     freelancer_skills: Sequence[Collection[str] | None],
     letters: Sequence[str | None],
 ) -> None:
-    """`skill_matches`, `skill_overlap`, `cover_letter_chars`, `cover_letter_job_skills`."""
+    """`skill_matches`, `skill_overlap`, `cover_letter_chars`, `cover_letter_job_skills`: per
+    row where the rows are of several jobs (a training set), per job skill over every row at
+    once where they are of one (a serving request: the same object on every row)."""
+    first = job_skills[0]
+    if all(skills is first for skills in job_skills):
+        columns = _one_job_skills(first, freelancer_skills, letters)
+    else:
+        columns = _skills_per_row(job_skills, freelancer_skills, letters)
+    for name, values in zip(_SKILL_COLUMNS, columns, strict=True):
+        out[:, _C[name]] = values
+
+
+_SKILL_COLUMNS = ("skill_matches", "skill_overlap", "cover_letter_chars", "cover_letter_job_skills")
+
+
+def _skills_per_row(
+    job_skills: Sequence[Collection[str] | None],
+    freelancer_skills: Sequence[Collection[str] | None],
+    letters: Sequence[str | None],
+) -> tuple[list[float], ...]:
     jobs: dict[int, tuple[set[str], tuple[str, ...], float]] = {}  # by the job's skills' id
-    matches, overlaps, chars, named = [], [], [], []
+    matches: list[float] = []
+    overlaps: list[float] = []
+    chars: list[float] = []
+    named: list[float] = []
     for wanted, held, letter in zip(job_skills, freelancer_skills, letters, strict=True):
         chars.append(_NAN if letter is None else len(letter))
         if wanted is None:
@@ -334,10 +358,38 @@ def _skill_columns(
             named.append(_NAN)
         else:
             named.append(sum(map(letter.lower().__contains__, lowered)))
-    out[:, _C["skill_matches"]] = matches
-    out[:, _C["skill_overlap"]] = overlaps
-    out[:, _C["cover_letter_chars"]] = chars
-    out[:, _C["cover_letter_job_skills"]] = named
+    return matches, overlaps, chars, named
+
+
+def _one_job_skills(
+    wanted: Collection[str] | None,
+    freelancer_skills: Sequence[Collection[str] | None],
+    letters: Sequence[str | None],
+) -> tuple[Any, ...]:
+    """`_skills_per_row` where every row is of the same job: each step one `map` over the rows
+    (in C), and the letters searched once per job skill."""
+    n = len(letters)
+    no_letter = None in letters
+    if no_letter:
+        chars = [_NAN if letter is None else len(letter) for letter in letters]
+    else:
+        chars = list(map(len, cast("Sequence[str]", letters)))
+    if wanted is None:
+        missing = [_NAN] * n
+        return missing, missing, chars, missing
+    distinct, lowered, total = _job_skills(wanted)
+    if None in freelancer_skills:
+        matches = [_NAN if h is None else len(distinct.intersection(h)) for h in freelancer_skills]
+    else:
+        matches = list(map(len, map(distinct.intersection, freelancer_skills)))  # type: ignore[arg-type]
+    lowers = [letter.lower() if letter is not None else "" for letter in letters]
+    named: list[float] = [0] * n
+    for skill in lowered:
+        named = list(map(operator.add, named, map(operator.contains, lowers, repeat(skill))))
+    if no_letter:
+        named = [_NAN if letter is None else k for letter, k in zip(letters, named, strict=True)]
+    overlaps = np.array(matches, dtype=np.float64) / total
+    return matches, overlaps, chars, named
 
 
 # --- a whole set: polars in, polars out ---------------------------------------------------------
