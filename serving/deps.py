@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -56,3 +57,25 @@ async def get_model(state: State) -> LoadedRanker:
 
 
 Model = Annotated[LoadedRanker, Depends(get_model)]
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """What `POST /v1/rank` needs: the service's state and the model to score with."""
+
+    state: ServingState
+    model: LoadedRanker
+
+
+async def get_ranking(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Ranking:
+    """`Authorized`, then `Model`, in one dependency: FastAPI resolves each dependency per
+    request, and on the hot route each level cost about as much as validating the body."""
+    state: ServingState = request.app.state.serving
+    check_key(state, credentials.credentials if credentials is not None else "")
+    return Ranking(state, current_model(state))
+
+
+Ranked = Annotated[Ranking, Depends(get_ranking)]

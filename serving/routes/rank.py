@@ -1,7 +1,7 @@
 """`POST /v1/rank` (CONTRACT §4), an ordinary FastAPI route.
 
 FastAPI reads the body and validates it as `RankRequest` (the same model its OpenAPI schema
-shows), the dependencies give the service's state, the API key check and the model, every
+shows), one dependency checks the API key and gives the service's state and the model, every
 middleware of the app applies (the body limit's 413 among them), and every error goes through
 the one handler (`serving.errors`). The route runs on the event loop, not in the threadpool: its
 work is a millisecond or two of CPU and one Redis round trip, awaited (`redis.asyncio`), so the
@@ -15,7 +15,7 @@ import time
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from serving.deps import Authorized, Model, State
+from serving.deps import Ranked
 from serving.metrics import ServingMetrics
 from serving.model import LoadedRanker
 from serving.ranker import freelancer_values, rank_proposals
@@ -41,14 +41,15 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     responses=_ERRORS,  # type: ignore[arg-type]
     summary="Rank a job's proposals, best first",
 )
-async def rank(body: RankRequest, _auth: Authorized, state: State, model: Model) -> Response:
+async def rank(body: RankRequest, ranking: Ranked) -> Response:
     """Scores every proposal with the champion model on the online store's features.
 
     Entities the store does not know are scored with missing values and listed in `missing`.
     When the store cannot be read in time the answer is `degraded`: every proposal is scored
     without store features, and still ranked.
     """
-    return Response(await answer(state, model, body), media_type="application/json")
+    payload = await answer(ranking.state, ranking.model, body)
+    return Response(payload, media_type="application/json")
 
 
 async def answer(state: ServingState, model: LoadedRanker, body: RankRequest) -> bytes:
