@@ -268,16 +268,18 @@ def _divisors(values: np.ndarray) -> np.ndarray:
 
 
 def _bids_in_requests(out: np.ndarray, bid: np.ndarray, requests: Any) -> None:
-    """`bid_share_lower_in_request` and `bid_to_request_median`: the bids sorted by request, then
-    by bid; in each request's run, a bid's equals are a run of their own."""
-    n = len(bid)
+    """`bid_share_lower_in_request` and `bid_to_request_median`."""
     if requests is None:
-        order = np.argsort(bid, kind="stable")
-        group = np.zeros(n, dtype=np.int64)
-    else:
-        _, group = np.unique(np.asarray(requests), return_inverse=True)
-        group = group.reshape(-1)
-        order = np.lexsort((bid, group))
+        share, median = _bids_in_one(bid)
+        out[:, _C["bid_share_lower_in_request"]] = share
+        out[:, _C["bid_to_request_median"]] = bid / (median if median > 0 else _NAN)
+        return
+    # Several requests: the bids sorted by request, then by bid; in each request's run, a bid's
+    # equals are a run of their own.
+    n = len(bid)
+    _, group = np.unique(np.asarray(requests), return_inverse=True)
+    group = group.reshape(-1)
+    order = np.lexsort((bid, group))
     group, ordered = group[order], bid[order]
     first = np.ones(n, dtype=bool)  # where a request's run starts
     first[1:] = group[1:] != group[:-1]
@@ -300,6 +302,20 @@ def _bids_in_requests(out: np.ndarray, bid: np.ndarray, requests: Any) -> None:
     median = np.where(sizes % 2 == 1, upper, (lower + upper) * 0.5)
     out[order, _C["bid_share_lower_in_request"]] = share
     out[order, _C["bid_to_request_median"]] = ordered / _divisors(np.repeat(median, sizes))
+
+
+def _bids_in_one(bid: np.ndarray) -> tuple[np.ndarray | float, float]:
+    """The two for the bids of one request: each bid's share, and the median."""
+    n = len(bid)
+    ordered = np.sort(bid)
+    share: np.ndarray | float = _NAN
+    if n > 1:  # as above: lower bids, and bids not higher
+        below, up_to = ordered.searchsorted(bid, "left"), ordered.searchsorted(bid, "right")
+        share = (below + up_to - 1) / (2 * (n - 1))
+    middle = n // 2
+    upper = float(ordered[middle])
+    median = upper if n % 2 else (float(ordered[middle - 1]) + upper) * 0.5
+    return share, median
 
 
 def _job_skills(skills: Collection[str]) -> tuple[set[str], tuple[str, ...], float]:

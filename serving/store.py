@@ -34,6 +34,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from features.errors import StoreError
 from features.online_layout import (
@@ -305,17 +307,49 @@ class RequestFeatures:
     fetch_s: float
 
 
+class _HiredisPacking:
+    """A connection that packs commands with hiredis (`redis.connection.HiredisRespSerializer`),
+    as redis-py's synchronous client does where hiredis is installed; its asyncio client packs
+    them in Python, which cost a request's read about 0.08 ms for 50 proposals. The same bytes:
+    a test compares them with the asyncio client's own packing."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _PACKER.pack(*args)
+
+
+_PACKER = HiredisRespSerializer()
+
+
+class HiredisConnection(_HiredisPacking, aioredis.Connection):
+    pass
+
+
+class HiredisSSLConnection(_HiredisPacking, aioredis.SSLConnection):
+    pass
+
+
+_CONNECTIONS: dict[str, type[aioredis.Connection]] = {
+    "redis": HiredisConnection,
+    "rediss": HiredisSSLConnection,
+}
+
+
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
     """An asyncio client that fails fast: bounded connect and read, no backoff, and no retry
     but one, at once, of a command whose connection was found closed (the server closed an idle
     one, or restarted): never of one that timed out, so a stalled store costs one timeout. It
     connects when first used, on the event loop that uses it."""
+    options: dict[str, Any] = {}
+    connection = _CONNECTIONS.get(url.partition("://")[0])
+    if connection is not None and HIREDIS_AVAILABLE:
+        options["connection_class"] = connection
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         health_check_interval=0,
+        **options,
     )
 
 

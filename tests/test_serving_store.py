@@ -14,6 +14,7 @@ from unittest.mock import ANY
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from features.errors import StoreError
 from features.online_layout import (
@@ -29,7 +30,14 @@ from features.online_layout import (
 from features.ranking import STORE_FEATURES
 from features.specs import CLIENT, FREELANCER, JOB, Entity, features_of
 from serving.inputs import freelancer_input
-from serving.store import EntityMemo, FeatureReader, Stamped, connect, read_stamped
+from serving.store import (
+    EntityMemo,
+    FeatureReader,
+    HiredisConnection,
+    Stamped,
+    connect,
+    read_stamped,
+)
 from tests.test_online_layout import random_values
 
 PROJECT = "p"
@@ -299,3 +307,21 @@ def test_a_read_of_a_store_that_stalls_is_degraded_in_time(client: redis.Redis) 
         await reader.aclose()
 
     run(main())
+
+
+def test_commands_are_packed_as_redis_py_packs_them() -> None:
+    """The service's connections pack commands with hiredis: the bytes redis-py's own asyncio
+    connection writes, for what the service sends and for what redis-py sends on connecting."""
+    ours, theirs = HiredisConnection(), aioredis.Connection()
+    for args in [
+        ("EVALSHA", "0" * 40, 2, b"bm:r:\x00\xff key", b"k2", "job", 1, "freelancer", 50),
+        ("PING",),
+        ("CLIENT SETINFO", "LIB-NAME", "redis-py"),
+        ("HMGET", b"key", b"\xff\x00\x10", "_ts:job_features"),
+        ("SET", "k", 1.5, "EX", 60),
+        ("GET", "ünïcödé"),
+    ]:
+        assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args)), args
+    assert connect("redis://127.0.0.1:1/0", 1.0).connection_pool.connection_class is (
+        HiredisConnection
+    )

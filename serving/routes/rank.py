@@ -1,19 +1,24 @@
 """`POST /v1/rank` (CONTRACT §4), an ordinary FastAPI route.
 
-FastAPI reads the body and validates it as `RankRequest` (the same model its OpenAPI schema
-shows), one dependency checks the API key and gives the service's state and the model, every
-middleware of the app applies (the body limit's 413 among them), and every error goes through
-the one handler (`serving.errors`). The route runs on the event loop, not in the threadpool: its
-work is a millisecond or two of CPU and one Redis round trip, awaited (`redis.asyncio`), so the
-loop serves other requests while Redis answers.
+FastAPI reads the body (with orjson: `JsonRoute`) and validates it as `RankRequest` (the same
+model its OpenAPI schema shows); one dependency checks the API key and gives the service's state
+and the model; every middleware of the app applies (the body limit's 413 among them), and every
+error goes through the one handler (`serving.errors`). The route runs on the event loop, not in
+the threadpool: its work is a millisecond or two of CPU and one Redis round trip, awaited
+(`redis.asyncio`), so the loop serves other requests while Redis answers.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from fastapi import APIRouter
+import orjson
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from serving.deps import Ranked
 from serving.metrics import ServingMetrics
@@ -24,7 +29,35 @@ from serving.serving_log import ServedRequest, entity_stamps
 from serving.state import ServingState
 from serving.store import RequestFeatures
 
-router = APIRouter(prefix="/v1", tags=["ranking"])
+
+class JsonRequest(Request):
+    """A request whose JSON body is read by orjson (a third of the standard library's time for
+    a request of 50 proposals). A body orjson refuses is read by `json` after all, so what it
+    accepts beyond JSON (NaN, Infinity) reaches validation, which names the field; and where
+    neither can read it, FastAPI's own error (`json_invalid`) follows."""
+
+    async def json(self) -> Any:
+        body = await self.body()
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return json.loads(body)
+
+
+class JsonRoute(APIRoute):
+    """FastAPI's route, handing its handler a `JsonRequest` (FastAPI's documented way to change
+    how a route reads its body: a custom `APIRoute` and `Request`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            return await handler(JsonRequest(request.scope, request.receive))
+
+        return handle
+
+
+router = APIRouter(prefix="/v1", tags=["ranking"], route_class=JsonRoute)
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorAnswer, "description": "The body is not UTF-8 JSON."},
