@@ -363,6 +363,7 @@ class FeatureReader:
         self._skip_until = 0.0
         self._memo = EntityMemo()
         self._script = client.register_script(READ_SCRIPT)
+        self._loaded = False  # the script, by `ping`
         self.up = True
 
     async def read(
@@ -410,12 +411,18 @@ class FeatureReader:
 
     def _failed(self) -> None:
         self.up = False
+        self._loaded = False  # a store that comes back may have lost its scripts
         self._skip_until = time.monotonic() + self.retry_s
 
     async def ping(self) -> bool:
-        """Whether the store answers now (for `/readyz`); a success ends the skipping."""
+        """Whether the store answers now (for `/readyz`, and once at start); a success ends the
+        skipping. The first success after a failure loads the read script too, so the next
+        read does not pay for loading it (two more round trips) within its timeout."""
         try:
             await self.client.ping()  # type: ignore[misc]  # the asyncio client's: awaitable
+            if not self._loaded:
+                await self.client.script_load(READ_SCRIPT)
+                self._loaded = True
         except (redis.RedisError, OSError):
             self._failed()
             return False
