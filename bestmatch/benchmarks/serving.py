@@ -33,6 +33,7 @@ bench be killed): it needs a backfilled store and a registered champion (`bestma
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os

@@ -1,4 +1,4 @@
-"""`POST /v1/rank` (CONTRACT §4), an ordinary FastAPI route.
+"""`POST /v1/rank` (docs/contract.md §4), an ordinary FastAPI route.
 
 FastAPI reads the body (with orjson: `JsonRoute`) and validates it as `RankRequest` (the same
 model its OpenAPI schema shows); one dependency checks the API key and gives the service's state
