@@ -124,7 +124,7 @@ class Ordered:
 class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
     """The one ordered step: de-duplicates, rejects late events, stamps the clock, routes.
 
-    Batches are parsed on every worker, so they may arrive out of their source's order; each
+    Batches from several workers reach it interleaved, in any order between workers; each
     partition's items are taken in the order the source numbered them."""
 
     def __init__(self, shards: int, lateness_us: int, recoverable: bool, state: Any):
