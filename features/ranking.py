@@ -1,17 +1,19 @@
 """What the ranker reads: its ordered feature list, and the one function that builds its input.
 
-Training and serving both call `model_frame` (or `request_matrix`, its one-request form), so the
-two can never compute a feature differently. The function is pure: the values of the store
-features (as `get_historical_features` or `get_online_features` return them) plus what the request
-itself carries (each proposal's bid and cover letter, and which request it belongs to) in, a
-float64 matrix in `MODEL_FEATURES` order out. Missing values stay missing (NaN): LightGBM learns a
-direction for them, which is what a new freelancer or an unseen job needs.
+`input_matrix` computes the model's input from proposals' rows (each with its freelancer's and its
+job's store values, its bid and cover letter, and which request it belongs to). It is the only
+implementation: training calls it over a whole training set through `model_frame` (polars in,
+polars out; every job is a request), serving calls it for one request (`request_matrix`, or
+`ProposalRows` built from its own caches), so the two cannot compute a feature differently. It is
+pure: numbers in, a float64 matrix in `MODEL_FEATURES` order out. Missing values stay missing
+(NaN): LightGBM learns a direction for them, which is what a new freelancer or an unseen job needs.
 
 The list is derived from `specs.FEATURES`:
 
 - every INT, FLOAT and BOOL feature, as a number (BOOL as 0/1);
 - every STRING feature with a closed vocabulary (`categories`), as its index in that vocabulary
   (`job_budget_type_code`: hourly 0, fixed 1; `job_experience_level_code`: entry 0 ... expert 2);
+  a value outside it is missing;
 - then the request-time features below, which combine store values with the request.
 
 Left out on purpose: `fl_country` and `job_category` (open vocabularies: a stable hash would give
@@ -20,28 +22,28 @@ codes whose order means nothing, and a client's decision does not hinge on them 
 rank them; in training it would only stand in for arrival order). The skill lists are used through
 the overlap features.
 
-Request-time features (`REQUEST_FEATURES`): the bid against the job's budget, the freelancer's
-rate and recent bids and the job's recent bids; the bid against the other proposals of the same
-request (its share of lower bids, ties half, and its ratio to the request's median); skill overlap
-between freelancer and job; the cover letter's length and how many of the job's skills it names.
-A ratio over a missing or non-positive denominator is missing.
+Request-time features (`REQUEST_FEATURES`), each defined in its description:
 
-`request_matrix`, what serving calls per request, is the one-request form of `model_frame` written
-in plain numpy and Python (a polars frame costs about 10 ms to build for 50 rows; this, a few
-tenths of one). `model_frame` stays the definition: the property test
-`test_request_matrix_is_model_frame_bit_for_bit` checks the two agree bit for bit (NaN where
-missing) on random jobs and proposals, polars' rules included (a comparison with NaN, nulls in
-`bid_within_budget`, the median of an even count, Unicode lower case).
+- a ratio `bid / x` is missing where `x` is missing or not positive;
+- `bid_within_budget` is missing where either bound is;
+- `bid_share_lower_in_request`: among the request's other proposals, the share that bid less,
+  ties counting half ((lower + equal / 2) / others); missing for a request of one proposal;
+- `bid_to_request_median`: the median of an even count is the mean of the two middle bids;
+- skills are compared as written (`skill_matches`: distinct job skills the freelancer lists;
+  `skill_overlap`: that over the number of the job's skills); the cover letter is searched for
+  each distinct non-empty job skill, both lower-cased by Python's `str.lower`. Unknown skills
+  (the job's or the freelancer's) make these missing, as a missing letter makes its two missing.
+
+The parity test holds `input_matrix` (through `model_frame` over many requests, and through
+`request_matrix` for one) to a plain per-proposal transcription of these definitions.
 """
 
 from __future__ import annotations
 
-import itertools
 import operator
-import struct
-import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, cast
 
 import numpy as np
@@ -147,59 +149,271 @@ _ARROW: dict[str, pa.DataType] = {
 _LISTS = frozenset(n for n in STORE_FEATURES if FEATURES_BY_NAME[n].dtype is Dtype.STRINGS)
 
 
-def _ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
-    return pl.when(denominator > 0).then(numerator / denominator).otherwise(None)
+_NAN = float("nan")
+_C = {name: i for i, name in enumerate(MODEL_FEATURES)}  # each model feature's column
 
 
-def _request_exprs() -> dict[str, pl.Expr]:
-    bid = pl.col(BID_COLUMN)
-    fl_skills, job_skills = pl.col("fl_skills"), pl.col("job_skills")
-    others = pl.len().over(REQUEST_COLUMN) - 1
-    lower = bid.rank("average").over(REQUEST_COLUMN) - 1  # lower bids, plus half the ties
-    matches = fl_skills.list.set_intersection(job_skills).list.len()
-    budget_min, budget_max = pl.col("job_budget_min"), pl.col("job_budget_max")
-    return {
-        "bid_to_budget_max": _ratio(bid, budget_max),
-        "bid_within_budget": ((bid >= budget_min) & (bid <= budget_max)).cast(pl.Float64),
-        "bid_to_hourly_rate": _ratio(bid, pl.col("fl_hourly_rate")),
-        "bid_to_fl_bid_avg_7d": _ratio(bid, pl.col("fl_bid_avg_7d")),
-        "bid_to_job_bid_avg_24h": _ratio(bid, pl.col("job_bid_avg_24h")),
-        "bid_share_lower_in_request": _ratio(lower.cast(pl.Float64), others.cast(pl.Float64)),
-        "bid_to_request_median": _ratio(bid, bid.median().over(REQUEST_COLUMN)),
-        "skill_matches": matches,
-        "skill_overlap": _ratio(matches.cast(pl.Float64), job_skills.list.len().cast(pl.Float64)),
-        "cover_letter_chars": pl.col(LETTER_COLUMN).str.len_chars(),
-        "cover_letter_job_skills": pl.col("__letter_skills"),
-    }
+# --- the store columns -------------------------------------------------------------------------
 
 
-def _letter_skills(frame: pl.DataFrame) -> pl.Series:
-    """Per row, how many of the job's distinct skills the cover letter names (case-insensitive);
-    null where the job's skills are unknown."""
-    skill = pl.col("__skill")
-    hits = (
-        frame.select(
-            pl.int_range(pl.len(), dtype=pl.UInt32).alias("__row"),
-            pl.col(LETTER_COLUMN).str.to_lowercase().alias("__letter"),
-            pl.col("job_skills")
-            .list.eval(pl.element().str.to_lowercase())
-            .list.unique()
-            .alias("__skill"),
-        )
-        .explode("__skill", empty_as_null=True, keep_nulls=True)  # one row per job skill, or null
-        .group_by("__row", maintain_order=True)
-        .agg(
-            (pl.col("__letter").str.contains(skill, literal=True) & (skill != ""))
-            .fill_null(False)
-            .sum()
-        )
+@dataclass(frozen=True, slots=True)
+class EntityColumns:
+    """The store-feature columns of the model's input that one side fills (`FREELANCER_COLUMNS`:
+    the freelancer's; `JOB_COLUMNS`: the job's and its client's), in column order: where they are,
+    which store value each reads, and for a category each category's code (None for a number)."""
+
+    where: slice
+    sources: tuple[str, ...]
+    codes: tuple[dict[Any, float] | None, ...]
+
+    def matrix(self, columns: Mapping[str, Sequence[Any] | np.ndarray], rows: int) -> np.ndarray:
+        """The side's columns for `rows` rows, from its store values by name (a name not there:
+        missing). A number as float64 (None and NaN missing, a bool 0/1); a category as its
+        code (one outside the vocabulary, or None, missing)."""
+        out = np.empty((rows, len(self.sources)), dtype=np.float64)
+        for j, (source, codes) in enumerate(zip(self.sources, self.codes, strict=True)):
+            values = columns.get(source)
+            if values is None:
+                out[:, j] = _NAN
+            elif codes is None:
+                out[:, j] = np.asarray(values, dtype=np.float64)  # None -> NaN, bool -> 0/1
+            else:
+                out[:, j] = [codes.get(value, _NAN) for value in values]
+        return out
+
+    def row(self, entity: Mapping[str, Any]) -> np.ndarray:
+        """One entity's columns (`matrix` of one row), as a flat array."""
+        return self.matrix({source: (entity.get(source),) for source in self.sources}, 1)[0]
+
+
+def _entity_columns(freelancer: bool) -> EntityColumns:
+    picked = [  # in column order, as `STORE_MODEL_FEATURES` is
+        (_C[f.name], FEATURES_BY_NAME[f.sources[0]])
+        for f in STORE_MODEL_FEATURES
+        if (FEATURES_BY_NAME[f.sources[0]].entity == FREELANCER) == freelancer
+    ]
+    places = [column for column, _ in picked]
+    if places != list(range(places[0], places[0] + len(places))):
+        msg = "features.specs: one entity's model features must be listed together"
+        raise ValueError(msg)
+    return EntityColumns(
+        slice(places[0], places[0] + len(places)),
+        tuple(spec.name for _, spec in picked),
+        tuple(
+            {c: float(i) for i, c in enumerate(spec.categories)} if spec.categories else None
+            for _, spec in picked
+        ),
     )
-    counts = hits["__letter"].cast(pl.Float64)
-    return counts.set(frame["job_skills"].is_null(), None)  # type: ignore[arg-type]
+
+
+FREELANCER_COLUMNS = _entity_columns(freelancer=True)
+JOB_COLUMNS = _entity_columns(freelancer=False)  # the job's and its client's
+
+
+# --- the one implementation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalRows:
+    """What the model's input is computed from, one row per proposal.
+
+    `freelancer` and `job` hold the rows' store columns as `FREELANCER_COLUMNS.matrix` and
+    `JOB_COLUMNS.matrix` give them (`job` may be one row, then every proposal's). The skills are
+    any collections of strings (None: unknown), per row; `requests` says which request each row
+    belongs to (None: all the same one)."""
+
+    freelancer: np.ndarray
+    job: np.ndarray
+    bids: np.ndarray | Sequence[float]
+    letters: Sequence[str | None]
+    freelancer_skills: Sequence[Collection[str] | None]
+    job_skills: Sequence[Collection[str] | None]
+    requests: np.ndarray | Sequence[Any] | None = None
+
+
+_BID_RATIOS = (  # bid / a store column
+    ("bid_to_budget_max", "job_budget_max"),
+    ("bid_to_hourly_rate", "fl_hourly_rate"),
+    ("bid_to_fl_bid_avg_7d", "fl_bid_avg_7d"),
+    ("bid_to_job_bid_avg_24h", "job_bid_avg_24h"),
+)
+
+
+def input_matrix(rows: ProposalRows) -> np.ndarray:
+    """The model's input: one row per proposal, in order, `MODEL_FEATURES` as float64 columns,
+    NaN where missing (the module's docstring defines each feature)."""
+    n = len(rows.letters)
+    out = np.empty((n, len(MODEL_FEATURES)), dtype=np.float64)  # every column is filled
+    if n == 0:
+        return out
+    out[:, FREELANCER_COLUMNS.where] = rows.freelancer
+    out[:, JOB_COLUMNS.where] = rows.job
+    bid = np.asarray(rows.bids, dtype=np.float64)
+    with np.errstate(over="ignore"):  # a bid over a tiny denominator is inf
+        for name, source in _BID_RATIOS:
+            np.divide(bid, _divisors(out[:, _C[source]]), out=out[:, _C[name]])
+        _bids_in_requests(out, bid, rows.requests)
+    low, high = out[:, _C["job_budget_min"]], out[:, _C["job_budget_max"]]
+    within = out[:, _C["bid_within_budget"]]
+    within[:] = (low <= bid) & (bid <= high)
+    within[np.isnan(low) | np.isnan(high)] = _NAN
+    _skill_columns(out, rows.job_skills, rows.freelancer_skills, rows.letters)
+    return out
+
+
+def _divisors(values: np.ndarray) -> np.ndarray:
+    """What a bid is divided by: the value where positive, NaN elsewhere (missing, NaN, <= 0),
+    so that the ratio is missing there (NaN divides to NaN)."""
+    return np.where(values > 0, values, _NAN)
+
+
+def _bids_in_requests(out: np.ndarray, bid: np.ndarray, requests: Any) -> None:
+    """`bid_share_lower_in_request` and `bid_to_request_median`."""
+    if requests is None:
+        share, median = _bids_in_one(bid)
+        out[:, _C["bid_share_lower_in_request"]] = share
+        out[:, _C["bid_to_request_median"]] = bid / (median if median > 0 else _NAN)
+        return
+    # Several requests: the bids sorted by request, then by bid; in each request's run, a bid's
+    # equals are a run of their own.
+    n = len(bid)
+    _, group = np.unique(np.asarray(requests), return_inverse=True)
+    group = group.reshape(-1)
+    order = np.lexsort((bid, group))
+    group, ordered = group[order], bid[order]
+    first = np.ones(n, dtype=bool)  # where a request's run starts
+    first[1:] = group[1:] != group[:-1]
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, n))
+    start, size = np.repeat(starts, sizes), np.repeat(sizes, sizes)
+    equal = first.copy()  # where a run of equal bids starts
+    equal[1:] |= ordered[1:] != ordered[:-1]
+    run_starts = np.flatnonzero(equal)
+    run = np.cumsum(equal) - 1
+    below = run_starts[run] - start  # bids lower than this one
+    up_to = np.append(run_starts[1:], n)[run] - start  # bids not higher, this one included
+    # (below + (up_to - below - 1) / 2) / (size - 1), as one division of exact integers
+    others = size - 1
+    share = np.full(n, _NAN)
+    np.divide(below + up_to - 1, 2 * others, out=share, where=others > 0)
+    middle = starts + sizes // 2
+    upper = ordered[middle]
+    lower = ordered[np.maximum(middle - 1, starts)]
+    median = np.where(sizes % 2 == 1, upper, (lower + upper) * 0.5)
+    out[order, _C["bid_share_lower_in_request"]] = share
+    out[order, _C["bid_to_request_median"]] = ordered / _divisors(np.repeat(median, sizes))
+
+
+def _bids_in_one(bid: np.ndarray) -> tuple[np.ndarray | float, float]:
+    """The two for the bids of one request: each bid's share, and the median."""
+    n = len(bid)
+    ordered = np.sort(bid)
+    share: np.ndarray | float = _NAN
+    if n > 1:  # as above: lower bids, and bids not higher
+        below, up_to = ordered.searchsorted(bid, "left"), ordered.searchsorted(bid, "right")
+        share = (below + up_to - 1) / (2 * (n - 1))
+    middle = n // 2
+    upper = float(ordered[middle])
+    median = upper if n % 2 else (float(ordered[middle - 1]) + upper) * 0.5
+    return share, median
+
+
+def _job_skills(skills: Collection[str]) -> tuple[set[str], tuple[str, ...], float]:
+    """A job's skills as the skill features read them: the set, the distinct non-empty lower
+    cases a letter is searched for, and their number (NaN for none: the overlap's divisor)."""
+    lowered = {skill.lower() for skill in skills if skill is not None} - {""}
+    return set(skills), tuple(lowered), float(len(skills)) or _NAN
+
+
+def _skill_columns(
+    out: np.ndarray,
+    job_skills: Sequence[Collection[str] | None],
+    freelancer_skills: Sequence[Collection[str] | None],
+    letters: Sequence[str | None],
+) -> None:
+    """`skill_matches`, `skill_overlap`, `cover_letter_chars`, `cover_letter_job_skills`: per
+    row where the rows are of several jobs (a training set), per job skill over every row at
+    once where they are of one (a serving request: the same object on every row)."""
+    first = job_skills[0]
+    if all(skills is first for skills in job_skills):
+        columns = _one_job_skills(first, freelancer_skills, letters)
+    else:
+        columns = _skills_per_row(job_skills, freelancer_skills, letters)
+    for name, values in zip(_SKILL_COLUMNS, columns, strict=True):
+        out[:, _C[name]] = values
+
+
+_SKILL_COLUMNS = ("skill_matches", "skill_overlap", "cover_letter_chars", "cover_letter_job_skills")
+
+
+def _skills_per_row(
+    job_skills: Sequence[Collection[str] | None],
+    freelancer_skills: Sequence[Collection[str] | None],
+    letters: Sequence[str | None],
+) -> tuple[list[float], ...]:
+    jobs: dict[int, tuple[set[str], tuple[str, ...], float]] = {}  # by the job's skills' id
+    matches: list[float] = []
+    overlaps: list[float] = []
+    chars: list[float] = []
+    named: list[float] = []
+    for wanted, held, letter in zip(job_skills, freelancer_skills, letters, strict=True):
+        chars.append(_NAN if letter is None else len(letter))
+        if wanted is None:
+            matches.append(_NAN)
+            overlaps.append(_NAN)
+            named.append(_NAN)
+            continue
+        job = jobs.get(id(wanted))
+        if job is None:
+            job = jobs[id(wanted)] = _job_skills(wanted)
+        distinct, lowered, total = job
+        matched = _NAN if held is None else len(distinct.intersection(held))
+        matches.append(matched)
+        overlaps.append(matched / total)
+        if letter is None:
+            named.append(_NAN)
+        else:
+            named.append(sum(map(letter.lower().__contains__, lowered)))
+    return matches, overlaps, chars, named
+
+
+def _one_job_skills(
+    wanted: Collection[str] | None,
+    freelancer_skills: Sequence[Collection[str] | None],
+    letters: Sequence[str | None],
+) -> tuple[Any, ...]:
+    """`_skills_per_row` where every row is of the same job: each step one `map` over the rows
+    (in C), and the letters searched once per job skill."""
+    n = len(letters)
+    no_letter = None in letters
+    if no_letter:
+        chars = [_NAN if letter is None else len(letter) for letter in letters]
+    else:
+        chars = list(map(len, cast("Sequence[str]", letters)))
+    if wanted is None:
+        missing = [_NAN] * n
+        return missing, missing, chars, missing
+    distinct, lowered, total = _job_skills(wanted)
+    if None in freelancer_skills:
+        matches = [_NAN if h is None else len(distinct.intersection(h)) for h in freelancer_skills]
+    else:
+        matches = list(map(len, map(distinct.intersection, freelancer_skills)))  # type: ignore[arg-type]
+    lowers = [letter.lower() if letter is not None else "" for letter in letters]
+    named: list[float] = [0] * n
+    for skill in lowered:
+        named = list(map(operator.add, named, map(operator.contains, lowers, repeat(skill))))
+    if no_letter:
+        named = [_NAN if letter is None else k for letter, k in zip(letters, named, strict=True)]
+    overlaps = np.array(matches, dtype=np.float64) / total
+    return matches, overlaps, chars, named
+
+
+# --- a whole set: polars in, polars out ---------------------------------------------------------
 
 
 def model_frame(frame: pl.DataFrame) -> pl.DataFrame:
-    """The model's input, `MODEL_FEATURES` as float64 columns in order, one row per proposal.
+    """The model's input, `MODEL_FEATURES` as float64 columns in order, one row per proposal
+    (`input_matrix` over the whole frame; null where missing).
 
     `frame` holds the `INPUT_SCHEMA` columns: each proposal's request key, bid and cover letter,
     and the store features' values for its freelancer, job and client (null where unknown).
@@ -210,27 +424,34 @@ def model_frame(frame: pl.DataFrame) -> pl.DataFrame:
         msg = f"model_frame: missing input columns {missing}"
         raise ValueError(msg)
     typed = frame.select(pl.col(name).cast(dtype) for name, dtype in INPUT_SCHEMA.items())
-    typed = typed.with_columns(_letter_skills(typed).alias("__letter_skills"))
-    exprs: dict[str, pl.Expr] = {}
-    for feature in STORE_MODEL_FEATURES:
-        (source,) = feature.sources
-        spec = FEATURES_BY_NAME[source]
-        if spec.categories:
-            codes = {c: float(i) for i, c in enumerate(spec.categories)}
-            exprs[feature.name] = pl.col(source).replace_strict(
-                codes, default=None, return_dtype=pl.Float64
-            )
-        else:
-            exprs[feature.name] = pl.col(source)
-    exprs.update(_request_exprs())
-    return typed.select(
-        exprs[name].cast(pl.Float64).fill_nan(None).alias(name) for name in MODEL_FEATURES
+    matrix = input_matrix(
+        ProposalRows(
+            freelancer=_side(typed, FREELANCER_COLUMNS),
+            job=_side(typed, JOB_COLUMNS),
+            bids=typed[BID_COLUMN].to_numpy(),
+            letters=typed[LETTER_COLUMN].to_list(),
+            freelancer_skills=typed["fl_skills"].to_list(),
+            job_skills=typed["job_skills"].to_list(),
+            requests=typed[REQUEST_COLUMN].fill_null("").to_numpy(),
+        )
     )
+    return pl.DataFrame(matrix, schema=list(MODEL_FEATURES), orient="row").fill_nan(None)
+
+
+def _side(frame: pl.DataFrame, side: EntityColumns) -> np.ndarray:
+    columns = {
+        name: frame[name].to_list() if codes is not None else frame[name].to_numpy()
+        for name, codes in zip(side.sources, side.codes, strict=True)
+    }
+    return side.matrix(columns, frame.height)
 
 
 def model_matrix(frame: pl.DataFrame) -> np.ndarray:
     """`model_frame` as a C-contiguous float64 matrix, NaN for missing."""
     return np.ascontiguousarray(model_frame(frame).to_numpy(), dtype=np.float64)
+
+
+# --- one request ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,304 +491,21 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-# --- the one-request form of `model_frame`, in numpy -------------------------------------------
-# With ~50 proposals a numpy call costs about as much as a Python loop over the column, a few
-# microseconds, so each column is one or two numpy calls writing into the matrix in place; what
-# only Python computes (letter lengths, skill counts) is packed into float64 by `struct`, several
-# times faster than `np.array` converts a list, and the freelancers' columns are joined from the
-# bytes `freelancer_columns` kept. The cover letters are searched once per job skill, joined.
-
-_NAN = float("nan")
-_C = {name: i for i, name in enumerate(MODEL_FEATURES)}  # each model feature's column
-
-
-def _where(columns: Sequence[int]) -> slice | list[int]:
-    """Columns of the matrix as an index: a slice where they are consecutive (faster to write)."""
-    first = columns[0]
-    if list(columns) == list(range(first, first + len(columns))):
-        return slice(first, first + len(columns))
-    return list(columns)
-
-
-@dataclass(frozen=True, slots=True)
-class _StoreColumns:
-    """The store-feature columns one entity kind fills, in column order: where they are, which
-    value each reads, and for a category each category's code (None for a number)."""
-
-    where: slice | list[int]
-    sources: tuple[str, ...]
-    codes: tuple[dict[Any, float] | None, ...]
-
-    def values(self, entity: Mapping[str, Any]) -> list[Any]:
-        """The entity's values in column order; an unknown category is NaN."""
-        return [
-            entity.get(source) if codes is None else codes.get(entity.get(source), _NAN)
-            for source, codes in zip(self.sources, self.codes, strict=True)
-        ]
-
-    def fill(self, out: np.ndarray, entities: Sequence[Mapping[str, Any]]) -> None:
-        """Each entity's values into its row of `out` (one entity: every row). None is NaN."""
-        rows = [self.values(entity) for entity in entities]
-        out[:, self.where] = np.array(rows, dtype=np.float64)  # None -> NaN, bool -> 0/1
-
-
-def _store_columns(freelancer: bool) -> _StoreColumns:
-    picked = [  # in column order, as `STORE_MODEL_FEATURES` is
-        (_C[f.name], FEATURES_BY_NAME[f.sources[0]])
-        for f in STORE_MODEL_FEATURES
-        if (FEATURES_BY_NAME[f.sources[0]].entity == FREELANCER) == freelancer
-    ]
-    return _StoreColumns(
-        _where([column for column, _ in picked]),
-        tuple(spec.name for _, spec in picked),
-        tuple(
-            {c: float(i) for i, c in enumerate(spec.categories)} if spec.categories else None
-            for _, spec in picked
-        ),
-    )
-
-
-_FREELANCER_COLUMNS = _store_columns(freelancer=True)
-_JOB_COLUMNS = _store_columns(freelancer=False)  # the job's and its client's
-# bid / a freelancer's value: where the ratios go, and the values they divide by
-_FREELANCER_RATIOS = _where([_C["bid_to_hourly_rate"], _C["bid_to_fl_bid_avg_7d"]])
-_FREELANCER_DIVISORS = [_C["fl_hourly_rate"], _C["fl_bid_avg_7d"]]
-
-
-def _divisors(values: np.ndarray) -> np.ndarray:
-    """What a bid is divided by: the value where positive, NaN elsewhere (missing, NaN, <= 0),
-    so that the ratio is missing there (NaN divides to NaN)."""
-    return np.where(values > 0, values, _NAN)
-
-
-def _divisor(value: Any) -> float:
-    """`_divisors` for one store value (None: missing)."""
-    return float(value) if value is not None and value > 0 else _NAN
-
-
-def _lower(texts: Sequence[str]) -> list[str]:
-    """Lower case as polars' `str.to_lowercase` has it: ASCII by Python, anything else by polars
-    itself (its Unicode tables are newer than Python's, so dozens of letters differ)."""
-    out = list(map(str.lower, texts))
-    if all(map(str.isascii, texts)):
-        return out
-    others = [i for i, t in enumerate(texts) if not t.isascii()]
-    series = pl.Series([texts[i] for i in others], dtype=pl.String()).str.to_lowercase()
-    for i, lowered in zip(others, series.to_list(), strict=True):
-        out[i] = lowered
-    return out
-
-
-def _number(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _within(bid: np.ndarray, low: float | None, high: float | None) -> np.ndarray | float:
-    """`low <= bid <= high` as polars computes it: a null bound is unknown (false AND unknown is
-    false), and NaN is above every number."""
-    if low is not None and high is not None:
-        if low != low:
-            return 0.0
-        return bid >= low if high != high else (bid >= low) & (bid <= high)
-    if low is not None:  # known where false: below the bound (every bid is below NaN)
-        return 0.0 if low != low else np.where(bid >= low, _NAN, 0.0)
-    if high is not None:
-        return _NAN if high != high else np.where(bid <= high, _NAN, 0.0)
-    return _NAN
-
-
-def _bid_ranks(out: np.ndarray, bid: np.ndarray) -> None:
-    """Each bid's share of lower bids among the others (ties half; NaN alone), and its ratio to
-    the request's median (polars' median: `lower + (upper - lower) * 0.5` for an even count)."""
-    n = len(bid)
-    ordered = np.sort(bid)  # NaN last, as polars sorts
-    share = out[:, _C["bid_share_lower_in_request"]]
-    if n > 1:
-        # (below + ties * 0.5) / (n - 1), with ties = above - below - 1, is the real number
-        # (below + above - 1) / (2n - 2): exact integers divided once, so the same float
-        below, above = ordered.searchsorted(bid, "left"), ordered.searchsorted(bid, "right")
-        np.divide(below + above - 1, 2 * (n - 1), out=share)
-    else:
-        share[:] = _NAN
-    middle = n // 2
-    if n % 2:
-        median = float(ordered[middle])
-    else:
-        lower, upper = float(ordered[middle - 1]), float(ordered[middle])
-        median = lower + (upper - lower) * 0.5
-    np.divide(bid, median if median > 0 else _NAN, out=out[:, _C["bid_to_request_median"]])
-
-
-def _skills_named(named: set[str], letters: Sequence[str]) -> list[int]:
-    """How many of `named` (distinct, lower case, not empty) each letter holds, in `_lower`'s
-    lower case. Per skill, one pass over the letters in C (`map` of `in`, then of `+`): no
-    Python-level step per letter or per match."""
-    lowered = _lower(letters)
-    counts = [0] * len(letters)
-    for skill in named:
-        held = map(operator.contains, lowered, itertools.repeat(skill))
-        counts = list(map(operator.add, counts, held))
-    return counts
-
-
-_SKILL_BITS: dict[Any, int] = {}  # each skill a freelancer has had: its bit in a skill mask
-_SKILL_BITS_LOCK = threading.Lock()
-
-
-def skill_mask(skills: Sequence[str] | None) -> int | None:
-    """A freelancer's distinct skills as the bits of one int (None: skills missing), so that
-    the skills a job shares with it are counted by one `&` and a popcount, not a set
-    intersection per proposal. A skill gets its bit the first time a freelancer has it (the
-    table grows with the vocabulary, never with requests: a job's skills take no bits)."""
-    if skills is None:
-        return None
-    bits = _SKILL_BITS
-    mask = 0
-    for skill in skills:
-        bit = bits.get(skill)
-        if bit is None:
-            with _SKILL_BITS_LOCK:
-                bit = bits.setdefault(skill, len(bits))
-        mask |= 1 << bit
-    return mask
-
-
-def _job_mask(skills: Iterable[str]) -> int:
-    """A job's skills as `skill_mask`'s bits; a skill no freelancer had has none (and matches
-    no freelancer)."""
-    bits = _SKILL_BITS
-    mask = 0
-    for skill in skills:
-        bit = bits.get(skill)
-        if bit is not None:
-            mask |= 1 << bit
-    return mask
-
-
-def _skill_columns(
-    out: np.ndarray,
-    job_skills: Sequence[str] | None,
-    freelancer_masks: Sequence[int | None],
-    letters: Sequence[str],
-) -> None:
-    """`skill_matches`, `skill_overlap`, `cover_letter_chars`, `cover_letter_job_skills`.
-    `freelancer_masks`: each proposal's freelancer's `skill_mask`."""
-    n = len(letters)
-    lengths = list(map(len, letters))
-    if job_skills is None:
-        matches: list[Any] = [_NAN] * n
-        named: list[Any] = matches
-        total = _NAN
-    else:
-        wanted = set(job_skills)
-        job = _job_mask(wanted)
-        if None in freelancer_masks:
-            matches = [_NAN if m is None else (m & job).bit_count() for m in freelancer_masks]
-        else:  # the same, in C
-            masks = cast("Sequence[int]", freelancer_masks)
-            matches = list(map(int.bit_count, map(job.__and__, masks)))
-        lowered = {s for s in _lower([s for s in wanted if s is not None]) if s}
-        named = _skills_named(lowered, letters) if lowered else [0] * n
-        total = len(job_skills) or _NAN
-    packed = struct.pack(f"{3 * n}d", *matches, *lengths, *named)
-    matched, chars, counts = np.frombuffer(packed, dtype=np.float64).reshape(3, n)
-    out[:, _C["skill_matches"]] = matched
-    np.divide(matched, total, out=out[:, _C["skill_overlap"]])
-    out[:, _C["cover_letter_chars"]] = chars
-    out[:, _C["cover_letter_job_skills"]] = counts
-
-
-@dataclass(frozen=True, slots=True, eq=False)  # compared by identity: it holds an array
-class FreelancerColumns:
-    """A freelancer's part of the model's input that no request changes: a full-width row with
-    its store columns filled (NaN elsewhere; read-only, shared between requests), its skills
-    (what the request-relative skill features compare with the job's), and as float64 bytes
-    its store columns then what its bid ratios divide by (what `matrix_of` joins)."""
-
-    row: np.ndarray
-    skills: Sequence[str] | None
-    packed: bytes
-    skill_mask: int | None  # `skill_mask(skills)`
-
-
-def freelancer_columns(freelancer: Mapping[str, Any]) -> FreelancerColumns:
-    """What `request_matrix` reads of one freelancer's store values, computed once: serving
-    keeps it with the decoded entity and builds each request's matrix with `matrix_of`."""
-    row = np.full((1, len(MODEL_FEATURES)), _NAN)
-    _FREELANCER_COLUMNS.fill(row, [freelancer])
-    row = row[0]
-    row.flags.writeable = False
-    packed = (
-        row[_FREELANCER_COLUMNS.where].tobytes() + _divisors(row[_FREELANCER_DIVISORS]).tobytes()
-    )
-    skills = freelancer.get("fl_skills")
-    return FreelancerColumns(row, skills, packed, skill_mask(skills))
-
-
 def request_matrix(job: Mapping[str, Any], proposals: Sequence[RequestProposal]) -> np.ndarray:
-    """The model's input for one request, one row per proposal in request order.
-
-    `model_frame(request_frame(job, proposals))` computed without a frame: the same values, bit
-    for bit (the parity property test holds the two together; `model_frame` is the definition).
-    """
-    n = len(proposals)
-    out = np.empty((n, len(MODEL_FEATURES)), dtype=np.float64)  # every column is filled
-    if n == 0:
-        return out
+    """The model's input for one request, one row per proposal in request order: `job` holds
+    the job's and its client's store values, each proposal its freelancer's."""
     freelancers = [p.freelancer for p in proposals]
-    _FREELANCER_COLUMNS.fill(out, freelancers)  # the columns `freelancer_columns` holds
-    _request_columns(
-        out,
-        job,
-        [p.bid_amount for p in proposals],
-        [p.cover_letter for p in proposals],
-        [skill_mask(f.get("fl_skills")) for f in freelancers],
-        _divisors(out[:, _FREELANCER_DIVISORS]),
+    n = len(proposals)
+    return input_matrix(
+        ProposalRows(
+            freelancer=FREELANCER_COLUMNS.matrix(
+                {name: [f.get(name) for f in freelancers] for name in FREELANCER_COLUMNS.sources},
+                n,
+            ),
+            job=JOB_COLUMNS.row(job)[None, :],
+            bids=[p.bid_amount for p in proposals],
+            letters=[p.cover_letter for p in proposals],
+            freelancer_skills=[f.get("fl_skills") for f in freelancers],
+            job_skills=[job.get("job_skills")] * n,
+        )
     )
-    return out
-
-
-def matrix_of(
-    job: Mapping[str, Any],
-    freelancers: Sequence[FreelancerColumns],
-    bids: Sequence[float],
-    letters: Sequence[str],
-) -> np.ndarray:
-    """`request_matrix` for proposals whose freelancers' columns are already computed (by
-    `freelancer_columns`): their bytes are joined, only the job's and the request's columns are
-    computed. The same values, bit for bit (a property test holds the two together)."""
-    n = len(freelancers)
-    out = np.empty((n, len(MODEL_FEATURES)), dtype=np.float64)  # every column is filled
-    if n == 0:
-        return out
-    packed = np.frombuffer(b"".join([f.packed for f in freelancers]), dtype=np.float64)
-    packed = packed.reshape(n, -1)
-    stored = len(_FREELANCER_COLUMNS.sources)
-    out[:, _FREELANCER_COLUMNS.where] = packed[:, :stored]
-    masks = [f.skill_mask for f in freelancers]
-    _request_columns(out, job, bids, letters, masks, packed[:, stored:])
-    return out
-
-
-def _request_columns(
-    out: np.ndarray,
-    job: Mapping[str, Any],
-    bids: Sequence[float],
-    letters: Sequence[str],
-    skill_masks: Sequence[int | None],
-    divisors: np.ndarray,
-) -> None:
-    """The job's columns and the request-relative ones, in place; the freelancers' columns of
-    `out` are filled already, and `divisors` holds their `_divisors`."""
-    _JOB_COLUMNS.fill(out, [job])
-    bid = np.array(bids, dtype=np.float64)
-    budget_max = _number(job.get("job_budget_max"))
-    with np.errstate(over="ignore"):  # a bid over a tiny denominator is inf, as in polars
-        np.divide(bid, _divisor(budget_max), out=out[:, _C["bid_to_budget_max"]])
-        out[:, _FREELANCER_RATIOS] = bid[:, None] / divisors
-        job_bids = _divisor(job.get("job_bid_avg_24h"))
-        np.divide(bid, job_bids, out=out[:, _C["bid_to_job_bid_avg_24h"]])
-        _bid_ranks(out, bid)
-    low = _number(job.get("job_budget_min"))
-    out[:, _C["bid_within_budget"]] = _within(bid, low, budget_max)
-    _skill_columns(out, job.get("job_skills"), skill_masks, letters)

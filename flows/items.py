@@ -23,7 +23,7 @@ class RawBatch:
     """Consecutive raw events from one source partition; `positions[i]` orders `lines[i]`.
 
     `number` counts the partition's items (batches and ends) from 0, and resumes with the
-    source: batches are parsed on any worker, and the sequencer takes them in this order.
+    source: the sequencer takes a partition's items in this order, wherever they were parsed.
     """
 
     partition: str

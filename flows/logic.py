@@ -21,6 +21,7 @@ from features.engine import (
     kinds_of,
     last_type,
 )
+from features.errors import FlowError
 from features.specs import ENTITIES, Entity
 from flows.items import (
     DeadLetter,
@@ -38,6 +39,12 @@ from flows.metrics import METRICS
 from flows.sharding import shards_of
 
 _KIND_TYPES = {e.name: [TYPE_CODE[t] for t in TYPE_CODE if e in kinds_of(t)] for e in ENTITIES}
+
+
+_OLD_CHECKPOINT = (
+    "the flow's checkpoint was written by an older BestMatch, whose state this one cannot read: "
+    "run `bestmatch backfill` again (it starts the checkpoint afresh)"
+)
 
 
 def parse_batch(batch: RawBatch | End, shards: int) -> ParsedBatch | End:
@@ -119,7 +126,7 @@ class Ordered:
 class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
     """The one ordered step: de-duplicates, rejects late events, stamps the clock, routes.
 
-    Batches are parsed on every worker, so they may arrive out of their source's order; each
+    Batches from several workers reach it interleaved, in any order between workers; each
     partition's items are taken in the order the source numbered them. `merged`: the partitions
     of a Kafka topic, merged into one order by stream time before they are admitted (`idle_ms`:
     the source's idle timeout)."""
@@ -135,6 +142,8 @@ class SequencerLogic(StatefulBatchLogic[Any, SequencerOutput, bytes | Ordered]):
     ):
         self.shards = [str(i) for i in range(shards)]
         self.state = _thawed(state) if state is not None else Ordered(Sequencer(lateness_us))
+        if not isinstance(self.state, Ordered):
+            raise FlowError(_OLD_CHECKPOINT)
         self.recoverable = recoverable
         self.merging = merged is not None
         if merged is not None:
@@ -251,6 +260,8 @@ class ShardLogic(StatefulBatchLogic[ShardWork, ShardOutput, Any]):
         if state is None:
             self.engine = ShardEngine()
         else:
+            if not isinstance(state, tuple):
+                raise FlowError(_OLD_CHECKPOINT)
             shard, generation, offset = state
             self.shard = shard
             self.journal = self._journal(shard)

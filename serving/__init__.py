@@ -1,4 +1,4 @@
-"""The ranking service (CONTRACT §4): FastAPI on the online store and the MLflow champion.
+"""The ranking service (docs/contract.md §4): FastAPI on the online store and the MLflow champion.
 
 create_app(settings, serving=None)  the ASGI app (lifespan: model, Redis, watcher, log)
 run(settings, host, port, workers)  uvicorn: one process, or N workers on one port

@@ -18,7 +18,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from starlette.types import Receive, Scope, Send
 
 from features.settings import Settings
 from serving.config import ServingSettings
@@ -28,26 +27,6 @@ from serving.schemas import MAX_BODY_BYTES
 from serving.state import open_state
 
 API_VERSION = "1.0.0"
-
-
-class RankingApp(FastAPI):
-    """FastAPI, with `POST /v1/rank` answered ahead of Starlette's middleware stack.
-
-    Every request passes that stack: error, telemetry and body-limit middleware, each wrapping
-    `receive` and `send`, then routing. Measured in the service, it cost about as much CPU as
-    ranking a request of 50 proposals, so the hot path goes straight to `routes.rank.serve`,
-    which does what the stack did for it (413, the one error handler). Everything else (the
-    lifespan, health, metrics, OpenAPI, the declared `/v1/rank` route) is FastAPI's.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == rank.PATH and scope["method"] == "POST":
-            state = getattr(self.state, "serving", None)
-            if state is not None:
-                scope["app"] = self
-                await rank.serve(state, scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -73,15 +52,16 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = serving if serving is not None else ServingSettings()
         state = await run_in_threadpool(open_state, settings, config)
+        state.metrics.store_up.set(1 if await state.reader.ping() else 0)
         app.state.serving = state
         if tune_gc:
             _tune_gc()
         try:
             yield
         finally:
-            await run_in_threadpool(state.close)
+            await state.aclose()
 
-    app = RankingApp(
+    app = FastAPI(
         title="BestMatch ranking",
         version=API_VERSION,
         description="Ranks a job's proposals with the champion LightGBM model on live features.",

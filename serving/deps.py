@@ -1,14 +1,13 @@
-"""The routes' dependencies, as named `Annotated` types, and the checks behind them (which
-`routes.rank.serve` calls directly, without FastAPI's dependency resolution)."""
+"""The routes' dependencies, as named `Annotated` types, and the checks behind them."""
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.security.utils import get_authorization_scheme_param
 
 from serving.errors import NotReady, Unauthorized
 from serving.model import LoadedRanker
@@ -23,12 +22,6 @@ async def get_state(request: Request) -> ServingState:
 
 
 State = Annotated[ServingState, Depends(get_state)]
-
-
-def bearer_token(authorization: str | None) -> str:
-    """The key of an `Authorization: Bearer <key>` header ("" for none or another scheme)."""
-    scheme, token = get_authorization_scheme_param(authorization)
-    return token if scheme.lower() == "bearer" else ""
 
 
 def check_key(state: ServingState, given: str) -> None:
@@ -64,3 +57,25 @@ async def get_model(state: State) -> LoadedRanker:
 
 
 Model = Annotated[LoadedRanker, Depends(get_model)]
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """What `POST /v1/rank` needs: the service's state and the model to score with."""
+
+    state: ServingState
+    model: LoadedRanker
+
+
+async def get_ranking(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Ranking:
+    """`Authorized`, then `Model`, in one dependency: FastAPI resolves each dependency per
+    request, and on the hot route each level cost about as much as validating the body."""
+    state: ServingState = request.app.state.serving
+    check_key(state, credentials.credentials if credentials is not None else "")
+    return Ranking(state, current_model(state))
+
+
+Ranked = Annotated[Ranking, Depends(get_ranking)]

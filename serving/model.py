@@ -37,7 +37,7 @@ from features.ranking import MODEL_FEATURES
 from features.settings import Settings
 from serving.compiled import CompiledPredictor, compiled_predictor
 
-MODEL_NAME = "bestmatch-ranker"  # the registered name (CONTRACT §3), as `training.registry` has it
+MODEL_NAME = "bestmatch-ranker"  # the registered name (docs/contract.md §3), as training has it
 CHAMPION = "champion"
 
 log = logging.getLogger("bestmatch.serving")

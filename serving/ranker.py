@@ -1,10 +1,9 @@
-"""Scoring one request: store values + proposals → `matrix_of` → booster → ranked answer.
+"""Scoring one request: store values + proposals → the model's input → booster → ranked answer.
 
-The model's input comes from `features.ranking.matrix_of`: each freelancer's columns as
-`freelancer_columns` computed them once, when the store's memo decoded the entity, and the job's
-and request's columns computed per request. It is `request_matrix` bit for bit (a property test),
-which is `model_frame`, what training used, so serving cannot compute a feature differently.
-Missing entities give missing values (NaN), which the model was trained with.
+The model's input comes from `features.ranking.input_matrix`, the one implementation training
+uses too (`serving.inputs.request_input` feeds it each freelancer's columns as the store's memo
+computed them once, and the job's), so serving cannot compute a feature differently. Missing
+entities give missing values (NaN), which the model was trained with.
 
 Order: by score, highest first; equal scores keep request order. `rank` is 1..n in that order.
 
@@ -26,7 +25,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from features.ranking import MODEL_FEATURES, FreelancerColumns, freelancer_columns, matrix_of
+from features.ranking import MODEL_FEATURES
+from serving.inputs import UNKNOWN, FreelancerInput, freelancer_input, request_input
 from serving.model import LoadedRanker
 from serving.schemas import RankRequest
 from serving.store import RequestFeatures, Stamped
@@ -49,14 +49,12 @@ def freelancer_values(found: RequestFeatures) -> dict[str, Mapping[str, Any]]:
     return {fid: s.values if s is not None else {} for fid, s in found.freelancers.items()}
 
 
-_UNKNOWN = freelancer_columns({})
-
-
-def _columns(stamped: Stamped | None) -> FreelancerColumns:
-    """A freelancer's model columns: kept with the decoded entity by the store's memo."""
+def _columns(stamped: Stamped | None) -> FreelancerInput:
+    """A freelancer's part of the model's input: kept with the decoded entity by the store's
+    memo."""
     if stamped is None:
-        return _UNKNOWN
-    return stamped.columns if stamped.columns is not None else freelancer_columns(stamped.values)
+        return UNKNOWN
+    return stamped.columns if stamped.columns is not None else freelancer_input(stamped.values)
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def rank_proposals(
     job = job_values(found)
     columns = {fid: _columns(s) for fid, s in found.freelancers.items()}
     proposals = request.proposals
-    matrix = matrix_of(
+    matrix = request_input(
         job,
         [columns[p.freelancer_id] for p in proposals],
         [p.bid_amount for p in proposals],

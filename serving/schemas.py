@@ -1,4 +1,4 @@
-"""The ranking API's request and answer (CONTRACT §4), as pydantic models.
+"""The ranking API's request and answer (docs/contract.md §4), as pydantic models.
 
 Validation is strict: a number is not a string, a bool is not a number, NaN and Infinity are no
 numbers at all. Unknown extra fields are ignored. The answer models describe what the route

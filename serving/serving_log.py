@@ -2,9 +2,10 @@
 
 A sampled request (each with probability `log_rate`; whole requests, so a logged list can be
 studied as a ranking) is handed to a queue and the request goes on. A feeder thread sends each
-one, compactly pickled, to the writer: a process of its own (`writer_main`), in a session of its
-own, at nice 19 and with its session's autogroup at nice 19 (`CatchUp`: back at 0 while it is
-behind). The writer turns requests into rows (one per proposal: the request time, ids, model
+one, compactly pickled, to the writer: a process of its own (`writer_main`), in a process group
+of its own (a terminal's Ctrl-C reaches the service, which closes the log, not the writer, which
+would lose what it holds) and at nice 19, so that answers come first when the cores are busy. The
+writer turns requests into rows (one per proposal: the request time, ids, model
 version, the store values the model read, the bid, the score and rank), a chunk of requests at a
 time as they come, and appends them to Delta when `log_batch_rows` rows wait or the oldest has
 waited `log_flush_s`, and when the service closes the log (the end of its input). A full queue, a
@@ -40,7 +41,7 @@ import pyarrow as pa
 from features.offline_layout import ARROW_TYPES, UTC_US, day_of
 from features.ranking import STORE_FEATURES
 from features.specs import FEATURES_BY_NAME, FREELANCER
-from serving.priority import autogroup_nice, lower_autogroup, lower_priority, set_autogroup_nice
+from serving.priority import lower_priority
 
 if TYPE_CHECKING:  # not imported by the writer process, which needs none of them
     from features.settings import Settings
@@ -279,10 +280,10 @@ def read_frame(stream: BinaryIO) -> bytes | None:
 
 _STOP = object()
 WRITER_NICE = 19
-"""The writer process's nice value, and its autogroup's (Linux; its Delta threads inherit it): the
-answers come first when the cores are busy. A Delta append of the log runs Rust threads on every
-core for tens of ms, and at equal priority it stalled the answers it overlapped. The autogroup's
-is what counts where the kernel groups by session (`serving.priority.lower_autogroup`)."""
+"""The writer process's nice value (its Delta threads inherit it): the answers come first when the
+cores are busy. A Delta append of the log runs Rust threads on every core for tens of ms, and at
+equal priority it stalled the answers it overlapped. The writer stays in the service's session,
+so the scheduler weighs it against the service by this value alone."""
 CHUNK_REQUESTS = 20
 """Requests the writer turns into Arrow together (about 1,000 rows, 10 ms of CPU), as they come,
 so that a write has little left to do."""
@@ -363,49 +364,6 @@ class _Writer:
         self.report("written", rows)
 
 
-BEHIND_S = 2.0
-"""A sampled request older than this when the writer reads it: the writer has fallen behind (the
-cores busy with answers for a while), and raises its priority until it catches up ..."""
-CAUGHT_UP_S = 0.5
-"""... to requests younger than this."""
-
-
-class CatchUp:
-    """The writer's priority, from how far behind the answers it is. It yields to answers (its
-    autogroup at `calm`) while it keeps up; when the cores are saturated with answers for long
-    enough that a request it reads is `BEHIND_S` old, it takes its fair share (its autogroup back
-    at `urgent`, where it started) until it has caught up. At `calm` alone it gets about a 70th
-    of a busy core and may drop much of the sample while the service is saturated (measured, 16
-    clients for 30 s: 39% of the sampled rows dropped in one run on a fast phase of the VM, at
-    about 2,200 answers/s; none in 3 runs with this)."""
-
-    def __init__(
-        self,
-        calm: int,
-        urgent: int,
-        set_nice: Callable[[int], bool] = set_autogroup_nice,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.calm, self.urgent = calm, urgent
-        self.set_nice, self.clock = set_nice, clock
-        self.raised = False
-
-    def seen(self, served_at_us: int) -> None:
-        """A request just read, served at `served_at_us` (the service's wall clock, this host's)."""
-        lag_s = self.clock() - served_at_us / 1e6
-        if not self.raised and lag_s > BEHIND_S:
-            if self.set_nice(self.urgent):  # else (rate-limited): at the next request
-                self.raised = True
-                log.warning(
-                    "serving log: the writer is %.1f s behind the answers; its priority is "
-                    "raised until it catches up",
-                    lag_s,
-                )
-        elif self.raised and lag_s < CAUGHT_UP_S and self.set_nice(self.calm):
-            self.raised = False
-            log.info("serving log: the writer caught up; back to its low priority")
-
-
 def writer_main() -> None:
     """The writer process: its settings as JSON in argv[1], frames on stdin until it ends, what
     became of the rows as lines on stdout ("nice N" first, then "written N" or "dropped N")."""
@@ -422,14 +380,7 @@ def writer_main() -> None:
             out.flush()
 
     nice = lower_priority(WRITER_NICE)
-    started = autogroup_nice()
-    lowered = lower_autogroup(WRITER_NICE)
-    catch_up = (
-        CatchUp(lowered, started)
-        if lowered is not None and started is not None and lowered > started
-        else None
-    )
-    if nice is not None:  # once the autogroup is lowered too
+    if nice is not None:
         report("nice", nice)
     # Imported now, while the service starts, not at the first write: about a second of CPU
     # (deltalake, and pandas with it) that would otherwise land among the answers.
@@ -449,8 +400,6 @@ def writer_main() -> None:
             except Exception as exc:  # a frame this writer cannot read: that request only
                 log.error("serving log: a request not read: %s", exc)
                 continue
-            if catch_up is not None:
-                catch_up.seen(item.served_at_us)
             writer.queue.put(item)
     finally:
         writer.queue.put(_STOP)
@@ -537,14 +486,15 @@ class ServingLog:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         code = "from serving.serving_log import writer_main; writer_main()"
-        # A session of its own: a Ctrl-C at the terminal reaches the service, which closes the
-        # log; the writer then writes what is left and stops at the end of its input.
+        # A process group of its own: a Ctrl-C at the terminal (SIGINT to the foreground group)
+        # reaches the service, which closes the log; the writer then writes what is left and
+        # stops at the end of its input.
         self._process = subprocess.Popen(
             [sys.executable, "-c", code, json.dumps(self._given)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
-            start_new_session=True,
+            process_group=0,
         )
         self._reports = threading.Thread(
             target=self._read_reports,

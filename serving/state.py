@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
 
@@ -27,15 +28,21 @@ class ServingState:
     def api_key(self) -> str | None:
         return self.settings.api_key or None
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop the watcher and the log (which waits for its writer: in a thread), then close
+        the store's connections."""
+        await asyncio.to_thread(self._stop_threads)
+        await self.reader.aclose()
+
+    def _stop_threads(self) -> None:
         self.watcher.stop()
         if self.log is not None:
             self.log.close()
-        self.reader.close()
 
 
 def open_state(settings: Settings, config: ServingSettings) -> ServingState:
-    """Connect, load the champion, start the watcher and the log writer."""
+    """Load the champion, start the watcher and the log writer; the store's client connects
+    when first used (on the event loop: `await state.reader.ping()`)."""
     metrics = ServingMetrics()
 
     def loaded(ranker: LoadedRanker) -> None:
@@ -57,7 +64,6 @@ def open_state(settings: Settings, config: ServingSettings) -> ServingState:
         settings.feast_project,
         config.redis_retry_s,
     )
-    metrics.store_up.set(1 if reader.ping() else 0)
     log = None
     if config.log_rate > 0:
         log = ServingLog(

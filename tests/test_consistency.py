@@ -8,6 +8,7 @@ One market serves the module; each test serves its own requests and checks only 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import time
@@ -54,7 +55,7 @@ from serving import ServingSettings, create_app
 from serving.ranker import freelancer_values, job_values
 from serving.schemas import RankRequest
 from serving.serving_log import TABLE, ServedRequest, ServingLog, serving_log_uri
-from serving.store import FeatureReader, connect
+from serving.store import FeatureReader, RequestFeatures, connect
 from tests.conftest import RedisServer
 from training import registry
 from training.proposals import read_market_events
@@ -172,6 +173,20 @@ def _wait_for_rows(settings: Settings, since: int, rows: int) -> None:
         time.sleep(0.05)
 
 
+def _read(world: World, job_id: str, request: RankRequest) -> RequestFeatures:
+    """The service's read of a request's entities (on an event loop of its own)."""
+
+    async def read() -> RequestFeatures:
+        reader = FeatureReader(connect(world.settings.redis_url, 1.0), "bestmatch", retry_s=0.0)
+        try:
+            ids = [p.freelancer_id for p in request.proposals]
+            return await reader.read(job_id, request.client_id, ids)
+        finally:
+            await reader.aclose()
+
+    return asyncio.run(read())
+
+
 def _log_tampered(
     world: World,
     job_id: str,
@@ -181,8 +196,7 @@ def _log_tampered(
     values changed by `tamper(job_and_client_values, freelancer_values)` before logging.
     Returns when it was served and its number of proposals."""
     request = RankRequest.model_validate(_request(world, job_id))
-    reader = FeatureReader(connect(world.settings.redis_url, 1.0), "bestmatch", retry_s=0.0)
-    found = reader.read(job_id, request.client_id, [p.freelancer_id for p in request.proposals])
+    found = _read(world, job_id, request)
     job = job_values(found)
     freelancers = {k: dict(v) for k, v in freelancer_values(found).items()}
     assert len(freelancers) >= 3 and None not in job.values()
@@ -432,8 +446,7 @@ def test_a_value_served_before_a_newer_change_is_stale_not_a_mismatch(world: Wor
 
     job = world.jobs[11]
     request = RankRequest.model_validate(_request(world, job))
-    reader = FeatureReader(connect(world.settings.redis_url, 1.0), "bestmatch", retry_s=0.0)
-    found = reader.read(job, request.client_id, [p.freelancer_id for p in request.proposals])
+    found = _read(world, job, request)
     job_vals = job_values(found)
     freelancers = {k: dict(v) for k, v in freelancer_values(found).items()}
     names = [spec.name for spec in features_of(FREELANCER)]

@@ -94,3 +94,15 @@ def test_a_journal_larger_than_its_base_starts_a_new_generation(
         for key in entity_state.ids:
             name = entity_state.plan.entity
             assert resumed.value(name, key) == engine.value(name, key)
+
+
+def test_a_checkpoint_of_an_older_release_is_refused_with_what_to_do() -> None:
+    import pickle
+
+    from features.errors import FlowError
+    from flows.logic import SequencerLogic, ShardLogic
+
+    with pytest.raises(FlowError, match="bestmatch backfill"):
+        ShardLogic(None, True, pickle.dumps(ShardEngine()))  # an older shard snapshot: its pickle
+    with pytest.raises(FlowError, match="bestmatch backfill"):
+        SequencerLogic(4, LATENESS, True, pickle.dumps(Sequencer(LATENESS)))

@@ -1,8 +1,10 @@
-"""The model's feature list and the one function that builds its input (features.ranking)."""
+"""The model's feature list and the one function that builds its input (features.ranking),
+held to a plain per-proposal transcription of the features' definitions."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import numpy as np
@@ -16,10 +18,9 @@ from features.ranking import (
     MODEL_FEATURES,
     REQUEST_COLUMN,
     STORE_FEATURES,
+    STORE_MODEL_FEATURES,
     STREAMING_FEATURES,
     RequestProposal,
-    freelancer_columns,
-    matrix_of,
     model_frame,
     model_matrix,
     request_frame,
@@ -225,10 +226,83 @@ def test_model_frame_names_missing_input_columns() -> None:
         raise AssertionError("a missing column must be named")
 
 
-# --- the numpy request path is model_frame, bit for bit -----------------------------------------
+# --- the one implementation against the definitions ------------------------------------------
 
-# Letters whose lower case is tricky, with their lower cases: final sigma, dotted I, title case,
-# and letters newer than Python's Unicode tables (polars lower-cases them, Python does not).
+
+def _number(value: Any) -> float | None:
+    """A store value as the model reads a number: None (or NaN) missing."""
+    return None if value is None or value != value else float(value)
+
+
+def _ratio(bid: float, value: float | None) -> float | None:
+    if value is None or not value > 0:
+        return None
+    with np.errstate(over="ignore"):  # inf where it overflows, as numpy
+        return float(np.float64(bid) / np.float64(value))
+
+
+def definition(job: dict[str, Any], proposals: list[RequestProposal]) -> list[list[float | None]]:
+    """The model's input for one request, written out from the definitions (features.ranking's
+    docstring and `REQUEST_FEATURES`), one proposal at a time; None where missing."""
+    bids = [p.bid_amount for p in proposals]
+    median = statistics.median(bids)
+    job_skills = job.get("job_skills")
+    rows = []
+    for n, p in enumerate(proposals):
+        fl, bid, letter = p.freelancer, p.bid_amount, p.cover_letter
+        value: dict[str, float | None] = {}
+        for feature in STORE_MODEL_FEATURES:
+            (source,) = feature.sources
+            spec = FEATURES_BY_NAME[source]
+            raw = (fl if spec.entity == FREELANCER else job).get(source)
+            if spec.categories:
+                raw = spec.categories.index(raw) if raw in spec.categories else None
+            value[feature.name] = _number(raw)
+        low, high = _number(job.get("job_budget_min")), _number(job.get("job_budget_max"))
+        value["bid_to_budget_max"] = _ratio(bid, high)
+        value["bid_within_budget"] = (
+            None if low is None or high is None else float(low <= bid <= high)
+        )
+        value["bid_to_hourly_rate"] = _ratio(bid, _number(fl.get("fl_hourly_rate")))
+        value["bid_to_fl_bid_avg_7d"] = _ratio(bid, _number(fl.get("fl_bid_avg_7d")))
+        value["bid_to_job_bid_avg_24h"] = _ratio(bid, _number(job.get("job_bid_avg_24h")))
+        others = bids[:n] + bids[n + 1 :]
+        lower = sum(other < bid for other in others)
+        ties = sum(other == bid for other in others)
+        value["bid_share_lower_in_request"] = (lower + ties / 2) / len(others) if others else None
+        value["bid_to_request_median"] = _ratio(bid, median)
+        fl_skills = fl.get("fl_skills")
+        if job_skills is None:
+            matches = named = None
+        else:
+            matches = None if fl_skills is None else len(set(job_skills) & set(fl_skills))
+            searched = {skill.lower() for skill in job_skills} - {""}
+            named = sum(skill in letter.lower() for skill in searched)
+        value["skill_matches"] = _number(matches)
+        value["skill_overlap"] = (
+            matches / len(job_skills) if matches is not None and job_skills else None
+        )
+        value["cover_letter_chars"] = float(len(letter))
+        value["cover_letter_job_skills"] = _number(named)
+        rows.append([value[name] for name in MODEL_FEATURES])
+    return rows
+
+
+def assert_is_definition(matrix: np.ndarray, expected: list[list[float | None]]) -> None:
+    """Missing where the definition is, and the same float, bit for bit, elsewhere."""
+    assert matrix.shape == (len(expected), len(MODEL_FEATURES)) and matrix.dtype == np.float64
+    for name, column in COLUMN.items():
+        wanted = [row[column] for row in expected]
+        got = matrix[:, column]
+        assert np.isnan(got).tolist() == [w is None for w in wanted], name
+        known = [i for i, w in enumerate(wanted) if w is not None]
+        assert got[known].view(np.uint64).tolist() == (
+            np.array([wanted[i] for i in known], dtype=np.float64).view(np.uint64).tolist()
+        ), name
+
+
+# Letters whose lower case is tricky: final sigma, dotted I (two code points lower-cased), title
+# case, letters outside Python 3.11's Unicode tables.
 ODD = ["Σ", "ΑΣ", "ΟΔΟΣ", "σ", "ς", "İ", "i̇", "ß", "ǅ", "ǆ", "Ⅻ", "é", "É", "🙂", ""]
 ODD += ["\ua7cb", "ɤ", "\U00010d50", "\U00010d70"]
 skill = st.sampled_from([*SKILLS, "Python", "PYTHON", *ODD]) | st.text(max_size=4)
@@ -264,60 +338,53 @@ any_proposal = st.builds(
 )
 
 
+any_job = entity_values(freelancer=False)
+any_request = st.lists(any_proposal, min_size=1, max_size=9)
+
+
 @settings(max_examples=400, deadline=None)
-@given(entity_values(freelancer=False), st.lists(any_proposal, min_size=1, max_size=9))
-@example(  # Unicode 16 letters: polars lower-cases "\ua7cb" to "ɤ", Python 3.11 does not
-    {"job_skills": ["ɤ", "ς", "\U00010d70"]},
-    [RequestProposal(5.0, "\ua7cb ΟΔΟΣ \U00010d50", {}), RequestProposal(5.0, "ɤ", {})],
-)
-@example(  # a NaN lower bound alone: no bid is at or above NaN, so none is within (0)
+@given(any_job, any_request)
+@example(  # a NaN lower bound alone: within is missing
     {"job_budget_min": math.nan}, [RequestProposal(5.0, "", {}), RequestProposal(9.0, "", {})]
-)
-@example(  # a NaN upper bound alone: every bid is below it, so within is unknown
-    {"job_budget_max": math.nan}, [RequestProposal(5.0, "", {}), RequestProposal(9.0, "", {})]
 )
 @example(
     {"job_budget_min": 6.0, "job_budget_max": math.nan},
     [RequestProposal(5.0, "", {}), RequestProposal(9.0, "", {})],
 )
-@example(  # letters are searched joined by a character no skill holds: here not "\0"
-    {"job_skills": ["a\0b", "\0", "b"]},
+@example(  # skills with separators and empty ones
+    {"job_skills": ["a\0b", "\0", "b", ""]},
     [
-        RequestProposal(5.0, "xa\0by", {}),
-        RequestProposal(5.0, "\0\0", {}),
+        RequestProposal(5.0, "xa\0by", {"fl_skills": ["b", "b"]}),
+        RequestProposal(5.0, "\0\0", {"fl_skills": []}),
         RequestProposal(5.0, "", {}),
     ],
 )
-def test_request_matrix_is_model_frame_bit_for_bit(
+@example(  # lower cases longer than their letters, and a final sigma
+    {"job_skills": ["i\u0307", "ς", "ΟΔΟΣ"]}, [RequestProposal(5.0, "İ οδος", {})]
+)
+def test_one_request_is_the_definition(
     job: dict[str, Any], request_proposals: list[RequestProposal]
 ) -> None:
+    """Serving's form (`request_matrix`, one request) is the definition, bit for bit."""
     fast = request_matrix(job, request_proposals)
-    frame = model_matrix(request_frame(job, request_proposals))
-    assert fast.shape == frame.shape and fast.dtype == frame.dtype == np.float64
     assert fast.flags.c_contiguous
-    missing = np.isnan(frame)
-    for name, column in COLUMN.items():
-        assert (np.isnan(fast[:, column]) == missing[:, column]).all(), name
-        known = ~missing[:, column]
-        fast_bits = fast[known, column].view(np.uint64)
-        assert (fast_bits == frame[known, column].view(np.uint64)).all(), name
+    assert_is_definition(fast, definition(job, request_proposals))
 
 
-@settings(max_examples=300, deadline=None)
-@given(entity_values(freelancer=False), st.lists(any_proposal, min_size=0, max_size=9))
-def test_matrix_of_cached_freelancer_columns_is_request_matrix_bit_for_bit(
-    job: dict[str, Any], request_proposals: list[RequestProposal]
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(any_job, any_request), min_size=1, max_size=4), st.randoms())
+def test_a_whole_set_is_the_definition_of_each_request(
+    requests: list[tuple[dict[str, Any], list[RequestProposal]]], rng: Any
 ) -> None:
-    """Serving's path (each freelancer's columns computed once, then copied) is `request_matrix`."""
-    columns = [freelancer_columns(p.freelancer) for p in request_proposals]
-    cached = matrix_of(
-        job,
-        columns,
-        [p.bid_amount for p in request_proposals],
-        [p.cover_letter for p in request_proposals],
-    )
-    plain = request_matrix(job, request_proposals)
-    assert cached.shape == plain.shape and cached.dtype == np.float64
-    assert cached.flags.c_contiguous and cached.flags.writeable
-    assert (cached.view(np.uint64) == plain.view(np.uint64)).all()
-    assert all(not c.row.flags.writeable for c in columns)  # shared between requests
+    """Training's form (`model_frame` over many requests, their rows interleaved) is the
+    definition of each request, bit for bit."""
+    frames = [
+        request_frame(job, proposals).with_columns(pl.lit(f"r{k}").alias(REQUEST_COLUMN))
+        for k, (job, proposals) in enumerate(requests)
+    ]
+    whole = pl.concat(frames)
+    order = list(range(whole.height))
+    rng.shuffle(order)
+    shuffled = whole[order]
+    expected = [row for job, proposals in requests for row in definition(job, proposals)]
+    assert_is_definition(model_matrix(shuffled), [expected[i] for i in order])

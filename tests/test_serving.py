@@ -9,9 +9,9 @@ The alias tests come last: they move the champion.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
-import random
 import subprocess
 import sys
 import threading
@@ -33,8 +33,6 @@ import redis
 import schemathesis
 import uvicorn
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -42,7 +40,6 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from bestmatch.benchmarks.load import Connection
 from bestmatch.services import child_env
 from bestmatch.simulator import simulate
 from features.errors import ModelError
@@ -55,9 +52,6 @@ from flows.runner import run_backfill
 from serving import ServingSettings, create_app
 from serving.model import LoadedRanker
 from serving.ranker import best_match_count
-from serving.routes import rank as rank_route
-from serving.routes.rank import loads, named_ids, parse
-from serving.schemas import RankRequest
 from serving.serving_log import serving_log_uri
 from serving.state import open_state
 from serving.store import FeatureReader, connect, read_stamped
@@ -325,12 +319,21 @@ def test_scores_equal_the_training_pipeline_at_the_same_moment(
 
 
 def test_the_online_read_equals_the_layouts_reader_on_the_model_features(market: Market) -> None:
-    client = connect(market.serving.redis_url, 1.0)
     ids = market.at_moment["freelancer_id"].to_list() + ["f-nobody"]
     asked = [(JOB, market.job_id), (CLIENT, market.client_id), (JOB, "j-nobody")]
     asked += [(FREELANCER, f) for f in ids]
-    stamped = read_stamped(client, market.serving.feast_project, asked)
-    plain = read_entities(client, market.serving.feast_project, asked)
+
+    async def read() -> list[Any]:
+        client = connect(market.serving.redis_url, 1.0)
+        try:
+            return await read_stamped(client, market.serving.feast_project, asked)
+        finally:
+            await client.aclose()
+
+    stamped = asyncio.run(read())
+    plain = read_entities(
+        redis.Redis.from_url(market.serving.redis_url), market.serving.feast_project, asked
+    )
     assert plain[2] is None and plain[-1] is None
     for (entity, _), mine, theirs in zip(asked, stamped, plain, strict=True):
         if theirs is None:
@@ -346,14 +349,19 @@ def test_a_changed_entity_is_read_anew(redis_server: RedisServer) -> None:
     url = f"{redis_server.url.rsplit('/', 1)[0]}/15"
     raw = redis.Redis.from_url(url)
     raw.flushdb()
-    reader = FeatureReader(connect(url, 1.0), "p", retry_s=0.0)
     names = [spec.name for spec in features_of(CLIENT)]
-    for stamp, values in ((1_000_000, [1, 0]), (2_000_000, [2, 1]), (2_000_000, [3, 1])):
-        write_entities(raw, "p", [EntityUpdate(CLIENT, "c-1", values, stamp)])
-        found = reader.read("j-none", "c-1", ["f-none"]).client
-        assert found is not None
-        assert dict(found.values) == dict(zip(names, values, strict=True))
-        assert found.stamp_us == stamp
+
+    async def main() -> None:
+        reader = FeatureReader(connect(url, 1.0), "p", retry_s=0.0)
+        for stamp, values in ((1_000_000, [1, 0]), (2_000_000, [2, 1]), (2_000_000, [3, 1])):
+            write_entities(raw, "p", [EntityUpdate(CLIENT, "c-1", values, stamp)])
+            found = (await reader.read("j-none", "c-1", ["f-none"])).client
+            assert found is not None
+            assert dict(found.values) == dict(zip(names, values, strict=True))
+            assert found.stamp_us == stamp
+        await reader.aclose()
+
+    asyncio.run(main())
 
 
 def test_unknown_entities_are_scored_with_missing_values_and_named(
@@ -434,84 +442,6 @@ def test_bad_input_gets_a_4xx_that_names_the_field(http: httpx.Client, case: str
     assert body["errors"][0]["field"] == field
 
 
-def test_the_ids_read_ahead_are_the_ids_validated_or_none(market: Market) -> None:
-    good = _request(market)
-    assert named_ids(loads(orjson.dumps(good))) == (
-        good["job_id"],
-        good["client_id"],
-        [p["freelancer_id"] for p in good["proposals"]],
-    )
-    assert named_ids(loads(orjson.dumps(_with()))) == ("j-1", None, ["f-1"])
-    for case, (request, _) in BAD_REQUESTS.items():
-        raw = orjson.dumps(request)
-        ids = named_ids(loads(raw))
-        with pytest.raises(RequestValidationError):
-            parse(raw)
-        if ids is not None:  # the shape held: only ids as they are in the body, all valid ones
-            job_id, client_id, freelancer_ids = ids
-            assert job_id == request["job_id"], case
-            assert client_id == request.get("client_id"), case
-            assert freelancer_ids == [p["freelancer_id"] for p in request["proposals"]], case
-    for raw in (b"", b"[1]", b'{"job_id": "j", "proposals": [', b'{"job_id": "j"}', b"\xff"):
-        assert named_ids(loads(raw)) is None
-    too_many = _with(proposals=[{**_GOOD, "proposal_id": f"p{i}"} for i in range(501)])
-    assert named_ids(loads(orjson.dumps(too_many))) is None  # never more than a request may ask
-
-
-def _words(errors: Any) -> list[tuple[Any, ...]]:
-    return [(e["type"], e["loc"], e["msg"], e["input"]) for e in errors]
-
-
-def test_parse_is_pydantic_json_validation_in_result_and_in_words(market: Market) -> None:
-    """`parse` validates what orjson read, not the bytes: the same request, and on bad input
-    the same errors as `model_validate_json` (JSON's words, e.g. "an object")."""
-    rng = random.Random(5)
-    for n in range(50):
-        request = _request(market, explain=n % 2 == 0, extra={"n": n})
-        if n % 3 == 0:
-            del request["client_id"]
-        for proposal in request["proposals"]:
-            choice = rng.randrange(4)
-            if choice == 0:
-                proposal["bid_amount"] = rng.randint(1, 10**6)  # an integer is a number
-            elif choice == 1:
-                proposal["cover_letter"] = "Ünïcödé ✓ " * rng.randint(0, 5)
-            elif choice == 2:
-                del proposal["cover_letter"]
-        raw = orjson.dumps(request)
-        assert parse(raw) == RankRequest.model_validate_json(raw)
-    shapes = [
-        b"[]",
-        b"null",
-        b'{"job_id": "j", "proposals": {}}',
-        b'{"job_id": "j", "proposals": [7]}',
-    ]
-    raws = [orjson.dumps(request) for request, _ in BAD_REQUESTS.values()] + shapes
-    for raw in raws:
-        with pytest.raises(RequestValidationError) as told:
-            parse(raw)
-        with pytest.raises(ValidationError) as json_mode:
-            RankRequest.model_validate_json(raw)
-        assert _words(told.value.errors()) == _words(json_mode.value.errors()), raw
-    with pytest.raises(RequestValidationError) as told:
-        parse(b"[1]")
-    assert "Input should be an object" in str(told.value.errors())
-
-
-def test_a_bad_request_after_a_read_ahead_leaves_the_store_connection_clean(
-    http: httpx.Client, market: Market
-) -> None:
-    good = http.post("/v1/rank", json=_request(market))
-    assert good.status_code == 200, good.text
-    ahead = [r for r, _ in BAD_REQUESTS.values() if named_ids(loads(orjson.dumps(r)))]
-    assert len(ahead) >= 5  # bids, duplicates, letters, explain: ids fine, body not
-    for request in ahead:
-        assert http.post("/v1/rank", json=request).status_code == 422
-        again = http.post("/v1/rank", json=_request(market))
-        assert again.status_code == 200
-        assert again.json() == good.json()
-
-
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
@@ -580,64 +510,6 @@ def test_the_largest_valid_request_is_served(http: httpx.Client) -> None:
 
 
 # --- the other routes ----------------------------------------------------------------------------
-
-
-def _raw_answers(port: int, requests: list[bytes]) -> list[tuple[list[bytes], bytes]]:
-    """Send `requests` on one connection (pipelined), read their answers: head lines, body."""
-    conn = Connection(port)
-    try:
-        conn.sock.sendall(b"".join(requests))
-        answers = [conn.answer() for _ in requests]
-    finally:
-        conn.close()
-    return [(head.split(b"\r\n"), body) for head, body in answers]
-
-
-def test_an_answer_is_written_at_once_with_the_bytes_uvicorn_writes(
-    service: Service, market: Market, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`/v1/rank` writes its answer in one piece (`routes.rank._write_at_once`) on a keep-alive
-    connection, pipelined requests in order; a request that closes its connection goes through
-    uvicorn's own `send`, and both heads are the same but for that header and the date."""
-    body = orjson.dumps(_request(market))
-    at_once: list[bool] = []
-    writer = rank_route._write_at_once
-
-    def spy(send: Any, payload: bytes) -> bool:
-        at_once.append(writer(send, payload))
-        return at_once[-1]
-
-    monkeypatch.setattr(rank_route, "_write_at_once", spy)
-
-    def post(*extra: bytes) -> bytes:
-        head = [
-            b"POST /v1/rank HTTP/1.1",
-            b"host: 127.0.0.1",
-            b"content-type: application/json",
-            b"content-length: %d" % len(body),
-            *extra,
-        ]
-        return b"\r\n".join(head) + b"\r\n\r\n" + body
-
-    kept = _raw_answers(service.port, [post(), post(), post()])
-    [(closing_head, closing_body)] = _raw_answers(service.port, [post(b"connection: close")])
-    assert at_once == [True, True, True, False]
-
-    def head_of(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
-        fields = [tuple(line.split(b": ", 1)) for line in lines[1:]]
-        return [(k, b"..." if k == b"date" else v) for k, v in fields if k != b"connection"]
-
-    for lines, answer in kept:
-        assert lines[0] == closing_head[0] == b"HTTP/1.1 200 OK"
-        assert head_of(lines) == head_of(closing_head)
-        assert [k for k, _ in head_of(lines)] == [
-            b"date",
-            b"server",
-            b"content-type",
-            b"content-length",
-        ]
-        assert answer == closing_body
-    assert orjson.loads(closing_body)["ranked"]
 
 
 def test_health_ready_and_metrics(http: httpx.Client, market: Market) -> None:
@@ -709,6 +581,34 @@ def test_an_api_key_is_needed_once_configured(market: Market) -> None:
         assert http.get("/healthz").status_code == 200
 
 
+def test_middleware_added_by_a_user_applies_to_the_ranking_route(market: Market) -> None:
+    """/v1/rank is an ordinary route of the app: what a user adds around it (their own
+    middleware, CORS) sees and shapes its answers, good and bad, as it does every other route's."""
+    from fastapi.middleware.cors import CORSMiddleware
+
+    app = create_app(market.serving, serving_settings())
+    seen: list[tuple[str, str]] = []
+
+    @app.middleware("http")
+    async def trace(request: Any, call_next: Any) -> Any:
+        seen.append((request.method, request.url.path))
+        response = await call_next(request)
+        response.headers["x-traced"] = "yes"
+        return response
+
+    app.add_middleware(CORSMiddleware, allow_origins=["https://board.example"])
+    origin = {"Origin": "https://board.example"}
+    with Service(app) as running, running.client(headers=origin) as http:
+        good = http.post("/v1/rank", json=_request(market))
+        bad = http.post("/v1/rank", json=_with(proposals=[]))
+        health = http.get("/healthz")
+    assert good.status_code == 200 and bad.status_code == 422 and health.status_code == 200
+    for answer in (good, bad, health):
+        assert answer.headers["x-traced"] == "yes"
+        assert answer.headers["access-control-allow-origin"] == "https://board.example"
+    assert seen == [("POST", "/v1/rank"), ("POST", "/v1/rank"), ("GET", "/healthz")]
+
+
 # --- the OpenAPI schema, fuzzed ------------------------------------------------------------------
 
 
@@ -751,15 +651,13 @@ _GARBAGE_PROBE = """
 import asyncio, gc, sys
 import orjson
 from features.settings import Settings
-from serving import ServingSettings
-from serving.routes.rank import serve
-from serving.state import open_state
+from serving import ServingSettings, create_app
 
 given = orjson.loads(sys.stdin.buffer.read())
 settings = Settings(**given["settings"], _env_file=None)
 # every request sampled; the background threads quiet (no registry poll, no write)
 quiet = ServingSettings(_env_file=None, log_rate=1.0, log_flush_s=3600, model_poll_s=3600)
-state = open_state(settings, quiet)
+app = create_app(settings, quiet)
 bodies = [orjson.dumps(body) for body in given["bodies"]]
 statuses = []
 
@@ -767,33 +665,55 @@ async def send(message):
     if message["type"] == "http.response.start":
         statuses.append(message["status"])
 
+def scope(body):  # what uvicorn hands the app for a request
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/rank", "raw_path": b"/v1/rank", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    }
+
 async def answers():
     for _ in range(20):
         for body in bodies:
             async def receive(body=body):
                 return {"type": "http.request", "body": body, "more_body": False}
-            await serve(state, {"type": "http", "headers": []}, receive, send)
+            await app(scope(body), receive, send)
 
-asyncio.run(answers())  # warm: what is built once (tables, memo) is built
-gc.collect()
-# counted twice: the first count also takes what start-up left for the collector (MLflow's
-# SQLAlchemy registry objects, seen once whatever the number of requests), the second only
-# what answering makes
-for _ in range(2):
-    gc.disable()
-    asyncio.run(answers())
-    found = gc.collect()
-gc.enable()
-state.close()
+async def main():
+    lifespan_in, lifespan_out = asyncio.Queue(), asyncio.Queue()
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}}, lifespan_in.get, lifespan_out.put)
+    )
+    await lifespan_in.put({"type": "lifespan.startup"})
+    assert (await lifespan_out.get())["type"] == "lifespan.startup.complete"
+    await answers()  # warm: what is built once (tables, memo, connections) is built
+    gc.collect()
+    # counted twice: the first count also takes what start-up left for the collector (MLflow's
+    # SQLAlchemy registry objects, seen once whatever the number of requests), the second only
+    # what answering makes
+    for _ in range(2):
+        gc.disable()
+        await answers()
+        found = gc.collect()
+    gc.enable()
+    await lifespan_in.put({"type": "lifespan.shutdown"})
+    assert (await lifespan_out.get())["type"] == "lifespan.shutdown.complete"
+    await lifespan
+    return found
+
+found = asyncio.run(main())
 print(orjson.dumps({"statuses": statuses, "found": found}).decode())
 """
 
 
 def test_answering_leaves_no_garbage_for_the_cyclic_collector(market: Market) -> None:
     """A request's objects are freed when it ends, not by the cyclic GC: nothing of `POST
-    /v1/rank` (parse, read, features, predict, explain, the log's sample) builds a reference
-    cycle. (numpy's `ctypes.data_as` did, twice a request: it kept each matrix alive until a
-    collection, which then paused the service for 11-18 ms.) Counted in a process of its own:
+    /v1/rank` (the app's middleware and routing, FastAPI's validation and dependencies, the
+    read, features, predict, explain, the log's sample) builds a reference cycle. (numpy's
+    `ctypes.data_as` did, twice a request: it kept each matrix alive until a collection, which
+    then paused the service for 11-18 ms.) Counted in a process of its own:
     in this one, the module's running services poll the registry, whose garbage would count."""
     request = _request(market)
     given = {

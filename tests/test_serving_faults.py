@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,3 +264,45 @@ def test_a_frozen_redis_costs_at_most_the_timeout(
     recovered, _ = _timed(http)
     assert recovered["degraded"] is False and _scores(recovered) == _scores(healthy)
     print(f"frozen Redis: slowest degraded answer {slowest * 1000:.1f} ms")
+
+
+def test_a_frozen_redis_holds_only_the_requests_that_wait_on_it(
+    settings_: Settings, champion: lgb.Booster, own_redis: OwnRedis
+) -> None:
+    """The store is read on the event loop (redis.asyncio), never by a blocking call: while a
+    ranking request waits for a stalled Redis (here up to 2 s), the same process answers
+    `/healthz` at once, and the ranking request is answered degraded within its timeout."""
+    stall_s = 2.0
+    config = serving_settings(redis_timeout_s=stall_s, redis_retry_s=RETRY_S)
+    with Service(create_app(settings_, config)) as running, running.client() as http:
+        _wait_ready(http)
+        healthy, _ = _timed(http)  # connected before the store stalls
+        assert healthy["degraded"] is False
+        answered: list[tuple[dict[str, Any], float]] = []
+
+        def rank() -> None:
+            with running.client() as own:
+                answered.append(_timed(own))
+
+        own_redis.signal(signal.SIGSTOP)
+        try:
+            waiting = threading.Thread(target=rank)
+            waiting.start()
+            time.sleep(0.3)  # the ranking request is waiting for Redis now
+            started = time.perf_counter()
+            health = http.get("/healthz")
+            health_s = time.perf_counter() - started
+            still_waiting = waiting.is_alive()
+            waiting.join(timeout=30)
+        finally:
+            own_redis.signal(signal.SIGCONT)
+        assert health.status_code == 200 and health_s < stall_s / 2, health_s
+        assert still_waiting  # healthz did not wait for it
+        [(body, elapsed)] = answered
+        assert body["degraded"] is True and elapsed < stall_s + BOUND_S
+        _wait_ready(http)
+        recovered, _ = _timed(http)
+        assert recovered["degraded"] is False and _scores(recovered) == _scores(healthy)
+    print(
+        f"healthz during the stall: {health_s * 1000:.1f} ms; the stalled ranking {elapsed:.2f} s"
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,14 +21,10 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from serving.priority import autogroup_nice
 from serving.schemas import RankRequest
 from serving.serving_log import (
-    BEHIND_S,
-    CAUGHT_UP_S,
     SCHEMA,
     WRITER_NICE,
-    CatchUp,
     Decoder,
     Encoder,
     ServedRequest,
@@ -175,10 +170,10 @@ def test_a_writer_that_dies_is_started_again(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="nice values are Linux's")
-def test_the_writer_runs_below_the_answers_priority(tmp_path: Path) -> None:
+def test_the_writer_runs_below_the_answers_priority_in_a_process_group_of_its_own(
+    tmp_path: Path,
+) -> None:
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    ours_path = Path("/proc/self/autogroup")
-    ours = autogroup_nice(ours_path)
     log = ServingLog(str(tmp_path / "serving_log"), batch_rows=10, flush_s=60.0, max_queued=10)
     try:
         deadline = time.monotonic() + 30
@@ -189,134 +184,9 @@ def test_the_writer_runs_below_the_answers_priority(tmp_path: Path) -> None:
         assert os.getpriority(os.PRIO_PROCESS, log.writer_pid) == log.niceness
         # the thread that made it (an answer's, in the service) keeps its own
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
-        # the writer leads a session of its own: its autogroup (where the kernel has them) is
-        # another than ours, lowered too, and ours is as it was
-        theirs_path = Path(f"/proc/{log.writer_pid}/autogroup")
-        if ours is not None:
-            assert theirs_path.read_text().split()[0] != ours_path.read_text().split()[0]
-            assert autogroup_nice(theirs_path) == WRITER_NICE
-            assert autogroup_nice(ours_path) == ours
+        # its own process group (a terminal's Ctrl-C to ours does not reach it), in our session
+        # (so the scheduler weighs it against the service by its nice value)
+        assert os.getpgid(log.writer_pid) == log.writer_pid != os.getpgid(0)
+        assert os.getsid(log.writer_pid) == os.getsid(0)
     finally:
         log.close()
-
-
-def _writer_autogroup_becomes(log: ServingLog, nice: int, make: Any) -> None:
-    """Offer `make(k)` every 20 ms until the writer's autogroup is at `nice` (within 10 s)."""
-    group = Path(f"/proc/{log.writer_pid}/autogroup")
-    deadline = time.monotonic() + 10
-    k = 0
-    while autogroup_nice(group) != nice:
-        assert time.monotonic() < deadline, f"the writer's autogroup: {group.read_text()}"
-        log.offer(make(k))
-        k += 1
-        time.sleep(0.02)
-
-
-@pytest.mark.skipif(
-    autogroup_nice(Path("/proc/self/autogroup")) is None, reason="the kernel has no autogroups"
-)
-def test_a_writer_behind_the_answers_raises_its_priority_until_it_catches_up(
-    tmp_path: Path,
-) -> None:
-    uri = tmp_path / "serving_log"
-    counts = Counts()
-    log = counts.log(uri)
-    try:
-        deadline = time.monotonic() + 30
-        while log.niceness is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        group = Path(f"/proc/{log.writer_pid}/autogroup")
-        assert autogroup_nice(group) == WRITER_NICE
-        # requests served long ago (as a writer starved by saturated cores reads them)
-        _writer_autogroup_becomes(log, 0, served)
-        # requests served just now
-        now = lambda k: dataclasses.replace(served(k), served_at_us=time.time_ns() // 1000)  # noqa: E731
-        _writer_autogroup_becomes(log, WRITER_NICE, now)
-    finally:
-        log.close()
-    rows = read(uri).num_rows
-    assert rows > 0
-    assert counts.written == [rows]
-    assert counts.dropped == []
-
-
-class _Nice:
-    """A stand-in for the autogroup file: the values set, and refusals (the rate limit)."""
-
-    def __init__(self, refuse: int = 0) -> None:
-        self.values: list[int] = []
-        self.refuse = refuse
-
-    def __call__(self, nice: int) -> bool:
-        if self.refuse:
-            self.refuse -= 1
-            return False
-        self.values.append(nice)
-        return True
-
-
-def test_catch_up_raises_when_behind_and_lowers_when_caught_up() -> None:
-    now = [1000.0]
-    nice = _Nice()
-    catch_up = CatchUp(19, 0, nice, lambda: now[0])
-
-    def seen(lag_s: float) -> None:
-        catch_up.seen(int((now[0] - lag_s) * 1e6))
-
-    for lag in (0.0, 0.3, BEHIND_S - 0.1):  # keeping up
-        seen(lag)
-    assert (nice.values, catch_up.raised) == ([], False)
-    seen(BEHIND_S + 0.1)
-    assert (nice.values, catch_up.raised) == ([0], True)
-    for lag in (BEHIND_S + 5, 1.0, CAUGHT_UP_S + 0.1):  # catching up, not yet there
-        seen(lag)
-    assert nice.values == [0]
-    seen(CAUGHT_UP_S - 0.1)
-    assert (nice.values, catch_up.raised) == ([0, 19], False)
-
-
-def test_catch_up_tries_again_where_the_kernel_refused() -> None:
-    nice = _Nice(refuse=2)
-    catch_up = CatchUp(19, 0, nice, lambda: 1000.0)
-    behind = int((1000.0 - BEHIND_S - 1) * 1e6)
-    catch_up.seen(behind)
-    catch_up.seen(behind)
-    assert (nice.values, catch_up.raised) == ([], False)
-    catch_up.seen(behind)
-    assert (nice.values, catch_up.raised) == ([0], True)
-
-
-_LOWER = (
-    "import sys; from pathlib import Path; from serving.priority import lower_autogroup; "
-    "print(lower_autogroup(int(sys.argv[2]), Path(sys.argv[1])))"
-)
-
-
-@pytest.mark.parametrize(
-    ("own_session", "start", "nice", "printed", "after"),
-    [
-        (True, 0, 19, "19", 19),  # a session leader lowers its own autogroup
-        (True, 5, 3, "5", 5),  # ... never raises it
-        (False, 0, 19, "None", 0),  # one sharing a session leaves the session's alone
-    ],
-)
-def test_only_a_session_leader_lowers_its_autogroup(
-    tmp_path: Path, own_session: bool, start: int, nice: int, printed: str, after: int
-) -> None:
-    group = tmp_path / "autogroup"  # the kernel's file's format, in a file of our own
-    group.write_text(f"/autogroup-7 nice {start}\n")
-    done = subprocess.run(
-        [sys.executable, "-c", _LOWER, str(group), str(nice)],
-        capture_output=True,
-        text=True,
-        check=True,
-        start_new_session=own_session,
-    )
-    assert done.stdout.strip() == printed
-    assert autogroup_nice(group) == after
-
-
-def test_an_autogroup_file_that_is_not_there_reads_as_none(tmp_path: Path) -> None:
-    assert autogroup_nice(tmp_path / "none") is None
-    (tmp_path / "odd").write_text("no nice here\n")
-    assert autogroup_nice(tmp_path / "odd") is None

@@ -1,18 +1,20 @@
 """The service's read of the online store against a real Redis: serving records with one MGET, and
-each entity without a record of this schema read from its hash, as the layout's own reader does."""
+each entity without a record of this schema read from its hash, as the layout's own reader does.
+The reads are redis-py's asyncio client's, each test's on an event loop of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import os
 import random
-import resource
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 from unittest.mock import ANY
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from features.errors import StoreError
 from features.online_layout import (
@@ -25,13 +27,39 @@ from features.online_layout import (
     redis_key,
     write_entities,
 )
-from features.ranking import STORE_FEATURES, freelancer_columns
+from features.ranking import STORE_FEATURES
 from features.specs import CLIENT, FREELANCER, JOB, Entity, features_of
-from serving.store import EntityMemo, FeatureReader, Stamped, connect, read_stamped
+from serving.inputs import freelancer_input
+from serving.store import (
+    EntityMemo,
+    FeatureReader,
+    HiredisConnection,
+    Stamped,
+    connect,
+    read_stamped,
+)
 from tests.test_online_layout import random_values
 
 PROJECT = "p"
 Request = tuple[Entity, str]
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def read_once(url: str, requests: list[Request], memo: EntityMemo | None = None) -> Any:
+    """`read_stamped` on a client of its own (closed after), on an event loop of its own."""
+
+    async def main() -> Any:
+        client = connect(url, 1.0)
+        try:
+            return await read_stamped(client, PROJECT, requests, memo)
+        finally:
+            await client.aclose()
+
+    return run(main())
 
 
 def hash_path(client: redis.Redis, requests: list[Request]) -> list[Any]:
@@ -59,14 +87,14 @@ def served(found: list[Stamped | None]) -> list[Any]:
 def read(client: redis.Redis, requests: list[Request], memo: EntityMemo | None = None) -> Any:
     """`read_stamped`, checked against the hash path; with the MGETs and HMGETs it sent."""
     client.config_resetstat()
-    found = read_stamped(connect(url_of(client), 1.0), PROJECT, requests, memo)
+    found = read_once(url_of(client), requests, memo)
     stats = client.info("commandstats")
     sent = {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("mget", "hmget")}
     assert served(found) == hash_path(client, requests)
     for (entity, _), stamped in zip(requests, found, strict=True):
         if stamped is not None and entity is FREELANCER:
             assert stamped.columns is not None
-            expected = freelancer_columns(stamped.values)
+            expected = freelancer_input(stamped.values)
             assert stamped.columns.packed == expected.packed
             assert stamped.columns.skills == expected.skills
         elif stamped is not None:
@@ -105,7 +133,7 @@ def test_records_are_read_with_one_mget(client: redis.Redis) -> None:
     assert sent == {"mget": 1, "hmget": 0}
     # What is served is the record: a hash changed behind the layout's back is not read.
     client.delete(redis_key(PROJECT, JOB, "j-1"))
-    assert read_stamped(client, PROJECT, requests)[0] == found[0]
+    assert read_once(url_of(client), requests)[0] == found[0]
 
 
 def test_an_entity_without_a_record_is_read_from_its_hash(client: redis.Redis) -> None:
@@ -168,67 +196,43 @@ def test_a_request_mixing_every_case(client: redis.Redis) -> None:
     assert all(a is b for a, b in zip(first, again, strict=True))  # remembered, not decoded
 
 
-def test_entities_without_a_record_are_read_in_one_round_trip_once_known(
-    client: redis.Redis,
-) -> None:
+def test_entities_without_a_record_are_read_in_the_same_round_trip(client: redis.Redis) -> None:
     requests = [(JOB, "j-1"), (CLIENT, "c-1"), *freelancers(4)]
     fill(client, 11, *requests)
     client.delete(record_key(PROJECT, FREELANCER, "f-2"))  # its hash alone, as Feast writes
     asked = [*requests, (CLIENT, "c-nobody"), (FREELANCER, "f-nobody")]
     memo = EntityMemo()
     first, sent = read(client, asked, memo)
-    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 2  # found out
-    for _ in range(2):
+    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 1
+    for trips in (2, 3):
         again, sent = read(client, asked, memo)
         assert all(a is b for a, b in zip(first, again, strict=True))
-        assert sent == {"mget": 1, "hmget": 3}  # the same commands, in one write
-    assert memo.round_trips == 4
-    # One of them gets a record: served from it (the HMGET sent with it is not needed), and
-    # from then on no HMGET is sent for it.
+        assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == trips
+    # One of them gets a record: served from it, and its hash is no longer read.
     fill(client, 12, (FREELANCER, "f-nobody"))
     found, sent = read(client, asked, memo)
     assert found[-1] is not None and found[-1].stamp_us is not None
-    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 5
-    _, sent = read(client, asked, memo)
-    assert sent == {"mget": 1, "hmget": 2} and memo.round_trips == 6
-    # A known entity whose record goes away is found out again: two round trips, once.
+    assert sent == {"mget": 1, "hmget": 2} and memo.round_trips == 4
+    # A known entity whose record goes away is read from its hash, in the same round trip.
     client.delete(record_key(PROJECT, FREELANCER, "f-0"))
     found, sent = read(client, asked, memo)
-    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 8
+    assert sent == {"mget": 1, "hmget": 3} and memo.round_trips == 5
     assert found[2] is not None and found[2].values == first[2].values
 
 
-def test_a_kept_connection_the_server_closed_is_connected_anew(client: redis.Redis) -> None:
+def test_a_connection_the_server_closed_is_connected_anew(client: redis.Redis) -> None:
     fill(client, 13, (JOB, "j-1"), (FREELANCER, "f-1"))
-    reader = FeatureReader(connect(url_of(client), 1.0), PROJECT, retry_s=0.0)
-    first = reader.read("j-1", None, ["f-1"])
-    assert not first.degraded and len(reader._connections.idle) == 1
-    assert client.client_kill_filter(_type="normal", skipme=True) >= 1  # the reader's, idle
-    again = reader.read("j-1", None, ["f-1"])
-    assert again == dataclasses.replace(first, fetch_s=ANY) and reader.up
-    reader.close()
-    assert reader._connections.idle == []
 
-
-def test_a_kept_connection_past_descriptor_1024_is_checked(client: redis.Redis) -> None:
-    """`select` refuses descriptors from 1024 on (FD_SETSIZE); a busy service has that many."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 1200:
-        pytest.skip(f"this system allows {hard} open files")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
-    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
-    try:
-        fill(client, 14, (JOB, "j-1"), (FREELANCER, "f-1"))
+    async def main() -> None:
         reader = FeatureReader(connect(url_of(client), 1.0), PROJECT, retry_s=0.0)
-        first = reader.read("j-1", None, ["f-1"])
-        assert reader._connections.idle[0]._sock.fileno() >= 1024
-        again = reader.read("j-1", None, ["f-1"])  # the kept connection, checked
-        assert not first.degraded and again == dataclasses.replace(first, fetch_s=ANY)
-        reader.close()
-    finally:
-        for fd in filler:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        first = await reader.read("j-1", None, ["f-1"])
+        assert not first.degraded
+        assert client.client_kill_filter(_type="normal", skipme=True) >= 1  # the reader's, idle
+        again = await reader.read("j-1", None, ["f-1"])
+        assert again == dataclasses.replace(first, fetch_s=ANY) and reader.up
+        await reader.aclose()
+
+    run(main())
 
 
 def test_a_changed_record_is_read_anew(client: redis.Redis) -> None:
@@ -243,59 +247,81 @@ def test_a_changed_record_is_read_anew(client: redis.Redis) -> None:
 
 def test_a_damaged_record_or_an_error_reply_fails_the_read(client: redis.Redis) -> None:
     fill(client, 8, (JOB, "j-1"), (FREELANCER, "f-1"))
-    reader = connect(url_of(client), 1.0)
     damaged = client.get(record_key(PROJECT, JOB, "j-1"))
     assert damaged is not None
     client.set(record_key(PROJECT, JOB, "j-1"), damaged[:-1])
-    with pytest.raises(StoreError, match="serving record"):
-        read_stamped(reader, PROJECT, [(JOB, "j-1")])
-    client.delete(record_key(PROJECT, JOB, "j-1"))
-    client.set(redis_key(PROJECT, JOB, "j-2"), b"not a hash")  # HMGET answers WRONGTYPE
-    with pytest.raises(StoreError, match="answered an error"):
-        read_stamped(reader, PROJECT, [(FREELANCER, "f-1"), (JOB, "j-2"), (JOB, "j-1")])
-    # The connection was dropped, not reused half read: the next read on it is whole.
-    found = read_stamped(reader, PROJECT, [(FREELANCER, "f-1"), (JOB, "j-1")])
+
+    async def main() -> list[Stamped | None]:
+        reader = connect(url_of(client), 1.0)
+        with pytest.raises(StoreError, match="serving record"):
+            await read_stamped(reader, PROJECT, [(JOB, "j-1")])
+        client.delete(record_key(PROJECT, JOB, "j-1"))
+        client.set(redis_key(PROJECT, JOB, "j-2"), b"not a hash")  # HMGET answers WRONGTYPE
+        with pytest.raises(StoreError, match="answered an error"):
+            await read_stamped(reader, PROJECT, [(FREELANCER, "f-1"), (JOB, "j-2"), (JOB, "j-1")])
+        # The connection was not left half read: the next read on the client is whole.
+        found = await read_stamped(reader, PROJECT, [(FREELANCER, "f-1"), (JOB, "j-1")])
+        await reader.aclose()
+        return found
+
+    found = run(main())
     assert served(found) == hash_path(client, [(FREELANCER, "f-1"), (JOB, "j-1")])
     assert all(s is not None for s in found)
 
 
-def test_a_sent_read_is_received_by_read_or_dropped_for_other_ids(client: redis.Redis) -> None:
+def test_a_request_reads_each_freelancer_once_in_one_round_trip(client: redis.Redis) -> None:
     fill(client, 9, (JOB, "j-1"), (CLIENT, "c-1"), (FREELANCER, "f-1"), (FREELANCER, "f-2"))
-    reader = FeatureReader(connect(url_of(client), 1.0), PROJECT, retry_s=0.0)
-    plain = reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"])
-    assert not plain.degraded and list(plain.freelancers) == ["f-1", "f-2"]
-    client.config_resetstat()
-    sent = reader.send("j-1", "c-1", ["f-1", "f-2", "f-1"])
-    assert sent is not None
-    assert reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"], sent) == dataclasses.replace(
-        plain, fetch_s=ANY
-    )
-    assert client.info("commandstats")["cmdstat_mget"]["calls"] == 1  # received, not sent again
-    # Other ids than were sent (a body whose validated ids differ): dropped, the right ones read,
-    # and the kept connection (one, reused) is left with nothing unread.
-    other = reader.send("j-1", None, ["f-2"])
-    found = reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"], other)
-    assert found == dataclasses.replace(plain, fetch_s=ANY)
-    reader.drop(reader.send("j-2", None, ["f-9"]))
-    assert reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"]) == dataclasses.replace(
-        plain, fetch_s=ANY
-    )
-    assert len(reader._connections.idle) == 1
-    reader.drop(None)  # nothing sent: nothing to do
+
+    async def main() -> None:
+        reader = FeatureReader(connect(url_of(client), 1.0), PROJECT, retry_s=0.0)
+        client.config_resetstat()
+        found = await reader.read("j-1", "c-1", ["f-1", "f-2", "f-1"])
+        assert not found.degraded and list(found.freelancers) == ["f-1", "f-2"]
+        assert all(s is not None for s in found.freelancers.values())
+        assert found.job is not None and found.client is not None
+        stats = client.info("commandstats")
+        assert stats["cmdstat_mget"]["calls"] == 1 and "cmdstat_hmget" not in stats
+        no_client = await reader.read("j-1", None, ["f-2"])
+        assert no_client.client is None and no_client.freelancers["f-2"] == found.freelancers["f-2"]
+        await reader.aclose()
+
+    run(main())
 
 
-def test_a_read_sent_to_a_store_that_then_stalls_is_degraded_in_time(client: redis.Redis) -> None:
+def test_a_read_of_a_store_that_stalls_is_degraded_in_time(client: redis.Redis) -> None:
     fill(client, 10, (JOB, "j-1"), (FREELANCER, "f-1"))
-    reader = FeatureReader(connect(url_of(client), 0.05), PROJECT, retry_s=60.0)
-    reader.read("j-1", None, ["f-1"])  # connected before the store stalls
-    client.client_pause(2_000)  # no answers for 2 s: longer than the reader waits
-    try:
-        sent = reader.send("j-1", None, ["f-1"])
-        assert sent is not None
-        started = time.monotonic()
-        found = reader.read("j-1", None, ["f-1"], sent)
-        assert time.monotonic() - started < 1.0
-    finally:
-        client.client_unpause()
-    assert found.degraded and found.freelancers == {"f-1": None} and not reader.up
-    assert reader.send("j-1", None, ["f-1"]) is None  # skipping the store for retry_s
+
+    async def main() -> None:
+        reader = FeatureReader(connect(url_of(client), 0.05), PROJECT, retry_s=60.0)
+        await reader.read("j-1", None, ["f-1"])  # connected before the store stalls
+        client.client_pause(2_000)  # no answers for 2 s: longer than the reader waits
+        try:
+            started = time.monotonic()
+            found = await reader.read("j-1", None, ["f-1"])
+            assert time.monotonic() - started < 1.0
+        finally:
+            client.client_unpause()
+        assert found.degraded and found.freelancers == {"f-1": None} and not reader.up
+        skipped = await reader.read("j-1", None, ["f-1"])  # skipping the store for retry_s
+        assert skipped.degraded and skipped.fetch_s == 0.0
+        await reader.aclose()
+
+    run(main())
+
+
+def test_commands_are_packed_as_redis_py_packs_them() -> None:
+    """The service's connections pack commands with hiredis: the bytes redis-py's own asyncio
+    connection writes, for what the service sends and for what redis-py sends on connecting."""
+    ours, theirs = HiredisConnection(), aioredis.Connection()
+    for args in [
+        ("EVALSHA", "0" * 40, 2, b"bm:r:\x00\xff key", b"k2", "job", 1, "freelancer", 50),
+        ("PING",),
+        ("CLIENT SETINFO", "LIB-NAME", "redis-py"),
+        ("HMGET", b"key", b"\xff\x00\x10", "_ts:job_features"),
+        ("SET", "k", 1.5, "EX", 60),
+        ("GET", "ünïcödé"),
+    ]:
+        assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args)), args
+    assert connect("redis://127.0.0.1:1/0", 1.0).connection_pool.connection_class is (
+        HiredisConnection
+    )

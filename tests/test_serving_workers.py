@@ -258,7 +258,8 @@ def test_a_ctrl_c_at_the_terminal_stops_the_service_with_every_sampled_request_w
 ) -> None:
     """A terminal's Ctrl-C sends SIGINT to every process of the command's group: the service
     (each worker, and the parent that supervises them) closes its serving log, and the log's
-    writer process, in a session of its own, writes what it holds rather than dying with it."""
+    writer process, in a process group of its own, writes what it holds rather than dying with
+    it."""
     settings = settings_.model_copy(update={"lake": str(tmp_path / "lake")})
     config = serving_settings(log_rate=1.0, log_flush_s=600.0, redis_timeout_s=PATIENT_S)
     running = Workers(settings, config, tmp_path / "run", processes, own_group=True)

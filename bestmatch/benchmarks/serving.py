@@ -22,7 +22,7 @@ Each setting runs `rounds` times for `duration_s` (after a warm-up), the two sid
 a burst of load elsewhere on the (shared) machine hits both; the medians of p50, p99 and requests
 per second are reported, with the goals, and the CPU each answer cost the answering process (robust
 to that load). The service's own steps are timed in-process too (CPU: the Redis read,
-`matrix_of`, the predictor), so a reader sees where the time goes; and the two sides' scores
+the model's input, the predictor), so a reader sees where the time goes; and the two sides' scores
 for one request are compared.
 
 It reads what is there and writes nothing but the service's serving log and the floor's rows
@@ -33,7 +33,9 @@ bench be killed): it needs a backfilled store and a registered champion (`bestma
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import os
 import random
 import statistics
@@ -253,24 +255,32 @@ def write_floor_rows(settings: Settings, bodies: Sequence[dict[str, Any]], prefi
     """The floor's rows, under `prefix` (expiring after `FLOOR_EXPIRY_S`): each freelancer the
     requests name, as its model row (its store columns as serving computes them; NaN elsewhere,
     and for an unknown freelancer)."""
+    import redis
+
     from serving.store import FeatureReader, connect
 
-    client = connect(settings.redis_url, 5.0)
-    reader = FeatureReader(client, settings.feast_project, 0.0)
-    rows: dict[bytes, bytes] = {}
+    async def read_rows() -> dict[bytes, bytes]:
+        reader = FeatureReader(connect(settings.redis_url, 5.0), settings.feast_project, 0.0)
+        rows: dict[bytes, bytes] = {}
+        try:
+            for body in bodies:
+                ids = [p["freelancer_id"] for p in body["proposals"]]
+                found = await reader.read(body["job_id"], body.get("client_id"), ids)
+                for fid, stamped in found.freelancers.items():
+                    if stamped is not None and stamped.columns is not None:
+                        rows[f"{prefix}{fid}".encode()] = stamped.columns.row.tobytes()
+        finally:
+            await reader.aclose()
+        return rows
+
+    rows = asyncio.run(read_rows())
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5.0)
     try:
-        for body in bodies:
-            ids = [p["freelancer_id"] for p in body["proposals"]]
-            found = reader.read(body["job_id"], body.get("client_id"), ids)
-            for fid, stamped in found.freelancers.items():
-                if stamped is not None and stamped.columns is not None:
-                    rows[f"{prefix}{fid}".encode()] = stamped.columns.row.tobytes()
         with client.pipeline(transaction=False) as pipe:
             for key, row in rows.items():
                 pipe.set(key, row, ex=FLOOR_EXPIRY_S)
             pipe.execute()
     finally:
-        reader.close()
         client.close()
 
 
@@ -419,17 +429,17 @@ def step_costs(
     download's monitor, Arrow's pools) count. Timed on a second pass over the requests, as a
     running service meets them: its memo has decoded each entity before (the first pass only
     warms it up)."""
-    from features.ranking import freelancer_columns, matrix_of
+    from serving.inputs import UNKNOWN, request_input
     from serving.ranker import job_values, rank_proposals
-    from serving.routes.rank import parse
+    from serving.schemas import RankRequest
     from serving.store import FeatureReader, connect
 
+    loop = asyncio.new_event_loop()  # the reader's client connects on it, and stays there
     reader = FeatureReader(connect(settings.redis_url, 1.0), settings.feast_project, 0.0)
-    unknown = freelancer_columns({})
     costs: dict[str, list[float]] = {
         "parse + validate": [],
         "Redis read (one round trip)": [],
-        "matrix_of (features.ranking; freelancers' columns cached)": [],
+        "model input (features.ranking.input_matrix; freelancers' columns cached)": [],
         "predict (compiled trees)" if model.compiled else "predict (LightGBM)": [],
         "whole step (read, features, score, JSON)": [],
         "predict (LightGBM's C API, for comparison)": [],
@@ -437,21 +447,22 @@ def step_costs(
     raws = [orjson.dumps(request) for request in requests]
     for raw in [*raws, *raws]:
         t0 = time.thread_time()
-        body = parse(raw)
+        body = RankRequest.model_validate(json.loads(raw))  # as FastAPI reads a JSON body
         t1 = time.thread_time()
-        found = reader.read(body.job_id, body.client_id, [p.freelancer_id for p in body.proposals])
+        ids = [p.freelancer_id for p in body.proposals]
+        found = loop.run_until_complete(reader.read(body.job_id, body.client_id, ids))
         t2 = time.thread_time()
         columns = {f: s.columns for f, s in found.freelancers.items() if s is not None}
-        matrix = matrix_of(
+        matrix = request_input(
             job_values(found),
-            [columns.get(p.freelancer_id, unknown) for p in body.proposals],
+            [columns.get(p.freelancer_id) or UNKNOWN for p in body.proposals],
             [p.bid_amount for p in body.proposals],
             [p.cover_letter for p in body.proposals],
         )
         t3 = time.thread_time()
         model.predict(matrix)
         t4 = time.thread_time()
-        found = reader.read(body.job_id, body.client_id, [p.freelancer_id for p in body.proposals])
+        found = loop.run_until_complete(reader.read(body.job_id, body.client_id, ids))
         rank_proposals(model, body, found)
         t5 = time.thread_time()
         model.lightgbm_predict(matrix)
@@ -460,7 +471,8 @@ def step_costs(
             costs.values(), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True
         ):
             values.append(cost)
-    reader.close()
+    loop.run_until_complete(reader.aclose())
+    loop.close()
     timed = len(raws)  # the second pass
     return {name: statistics.median(values[-timed:]) * 1000 for name, values in costs.items()}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel
 
@@ -36,7 +35,7 @@ async def healthz() -> Response:
 )
 async def readyz(state: State) -> Response:
     """Ready when a model is loaded and the online store answers a ping (bounded timeout)."""
-    store_up = await run_in_threadpool(state.reader.ping)
+    store_up = await state.reader.ping()
     state.metrics.store_up.set(1 if store_up else 0)
     model = state.watcher.current
     reasons = []
