@@ -263,7 +263,7 @@ def measure_backfill(
     from bestmatch.benchmarks.flow_steps import measure_steps
 
     steps: list[dict[str, Any]] = []
-    runs, _ = _timed(
+    _timed(  # each run appends its figures to `steps`
         "(a)-(g) steps and ceilings",
         repeat,
         lambda: steps.append(measure_steps(stores.settings, path, stores.root / "scratch")),
@@ -302,7 +302,6 @@ def measure_backfill(
         "share_of_engine": first["share_of_engine"],
         "peak_rss_bytes": peaks,
     }
-    del runs
     return stages, state
 
 
