@@ -39,7 +39,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from features.bus import QUIET
-from features.engine import NEVER
+from features.sequencer import NEVER
 from features.settings import KafkaBus
 from flows.items import End, ParsedBatch, RawBatch, gather_lines
 

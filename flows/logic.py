@@ -15,13 +15,13 @@ from features.batch_events import EventBatch, parse_lines
 from features.engine import (
     TYPE_CODE,
     KindUpdates,
-    Sequencer,
     ShardEngine,
     concat_updates,
     kinds_of,
     last_type,
 )
 from features.errors import FlowError
+from features.sequencer import Sequencer
 from features.specs import ENTITIES, Entity
 from flows.items import (
     DeadLetter,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.engine import Change, Sequencer, ShardEngine, empty_values, updates_from_events
+from features.engine import Change, ShardEngine, empty_values, updates_from_events
 from features.events import Event, ProposalSubmitted, parse_time
+from features.sequencer import Sequencer
 from features.specs import ENTITIES, FEATURES_BY_NAME, FREELANCER, MINUTE_US, features_of
 from tests import oracle
 from tests.streams import ordered_streams, shuffled_streams

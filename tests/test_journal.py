@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from features.engine import Change, Sequencer, ShardEngine
+from features.engine import Change, ShardEngine
+from features.sequencer import Sequencer
 from features.specs import MINUTE_US
 from flows import journal as journal_module
 from flows.journal import Journal
