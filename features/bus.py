@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
 
+from features import redis_cluster
 from features.errors import StoreError
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ QUIET = 0  # librdkafka's log level for our clients: failures reach us as errors
 
 
 def publish(
-    client: redis.Redis,
+    client: redis.Redis | RedisCluster,
     key: str,
     lines: Iterable[bytes],
     *,
@@ -88,7 +90,7 @@ def publish_events(
         return publish_kafka(
             bus, lines, rate=rate, progress=progress, timeout_s=settings.kafka_retry_s
         )
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_cluster.client(settings.redis_url, settings.redis_cluster)
     try:
         return publish(client, settings.stream_key, lines, rate=rate, progress=progress)
     finally:

@@ -11,9 +11,11 @@ followed by the project name. In it, per feature view:
 - `_us:<view>` -> the same time as decimal microseconds. Feast never reads it; `write_entities`
   compares against it so a replayed older value never overwrites a newer one.
 
-Beside each hash, under `record_key` (`bm:r:` then the hash key: no Feast key starts so, and
+Beside each hash, under `record_key` (`bm:r:{TAG}` then the hash key: no Feast key starts so, and
 Feast's scans of `<entity key prefix>*<project>` never meet it), a string holds the same values
-packed for serving, so a reader gets a whole entity with one `MGET`:
+packed for serving, so a reader gets a whole entity with one `GET`. `TAG` is three characters
+whose hash slot is the hash key's (`features.redis_cluster.slot_tag`), so on a Redis Cluster an
+entity's record lives with its hash:
 
     b"bmr1" | fingerprint (8 bytes) | stamp (µs, int64 LE) | per feature: varint length, value
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -42,6 +45,7 @@ import mmh3
 import redis
 
 from features.errors import StoreError
+from features.redis_cluster import TAG_SIZE, Cluster, key_slot, moved, slot_tag
 from features.specs import Dtype, Entity, FeatureSpec, features_of, view_name
 
 ENTITY_KEY_SERIALIZATION_VERSION = 3
@@ -49,6 +53,7 @@ SECOND_US = 1_000_000
 VALUE_TYPE_STRING = 2  # feast.types.Value.ValueType.STRING
 _NULL_TIMESTAMP = -(2**63)  # how Feast's own writers (materialize) store a null UnixTimestamp
 RECORD_PREFIX = b"bm:r:"
+RECORD_KEY_HEAD = len(RECORD_PREFIX) + TAG_SIZE + 2  # `bm:r:{TAG}`, before the hash key
 RECORD_FORMAT = b"bmr1"  # a new record format takes a new tag
 _pack_u32 = struct.Struct("<I").pack
 _STAMP = struct.Struct("<q")
@@ -430,8 +435,20 @@ def redis_key(project: str, entity: Entity, entity_id: str) -> bytes:
 
 
 def record_key(project: str, entity: Entity, entity_id: str) -> bytes:
-    """The key of an entity's serving record: `RECORD_PREFIX`, then its hash key."""
-    return RECORD_PREFIX + redis_key(project, entity, entity_id)
+    """The key of an entity's serving record: `RECORD_PREFIX`, the slot tag, its hash key."""
+    return record_key_of(redis_key(project, entity, entity_id))
+
+
+def record_key_of(hash_key: bytes) -> bytes:
+    """The record key of the entity whose Feast hash is at `hash_key`: in the same hash slot."""
+    return RECORD_PREFIX + b"{" + slot_tag(key_slot(hash_key)) + b"}" + hash_key
+
+
+def hash_key_of(record: bytes) -> bytes | None:
+    """The hash key a record key belongs to; None where `record` is not a record key."""
+    if not record.startswith(RECORD_PREFIX) or len(record) < RECORD_KEY_HEAD:
+        return None
+    return record[RECORD_KEY_HEAD:]
 
 
 # --- whole entities ---------------------------------------------------------------------------
@@ -535,70 +552,134 @@ for k = 1, #KEYS, 2 do
 end
 return applied
 """
-_GUARDED_HSET_SHA = hashlib.sha1(_GUARDED_HSET.encode()).hexdigest()  # noqa: S324 (Redis's name)
+# The same check on a Redis Cluster, sent to each master for the keys it owns: a script may not
+# declare keys of several slots there, so each entity's hash and record key open its ARGV entry
+# (hash key, record key, stamp field, stamp, n, n HSET arguments, record), and the flag lets one
+# call touch the slots of its own node, one slot per command (the hash and record share one).
+_GUARDED_HSET_CLUSTER = """#!lua flags=allow-cross-slot-keys
+local applied, a = 0, 1
+while a <= #ARGV do
+  local hash, record, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 4])
+  local current = redis.call('HGET', hash, ARGV[a + 2])
+  if not current or tonumber(current) <= tonumber(ARGV[a + 3]) then
+    redis.call('HSET', hash, ARGV[a + 2], ARGV[a + 3], unpack(ARGV, a + 5, a + 4 + n))
+    redis.call('SET', record, ARGV[a + 5 + n])
+    applied = applied + 1
+  end
+  a = a + 6 + n
+end
+return applied
+"""
+_SHA = {
+    script: hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 (Redis's name for it)
+    for script in (_GUARDED_HSET, _GUARDED_HSET_CLUSTER)
+}
 # Entities per script call: one call per entity costs Redis twice the time (measured), and a
 # bounded call never blocks the server for long.
 _ENTITIES_PER_CALL = 64
+# A cluster whose map changed (a failover, a resharding) is asked again, this many times, with
+# these pauses (seconds) before each new try: a failover takes about the nodes' timeout.
+_CLUSTER_PAUSES = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
 
 
-def write_entities(client: redis.Redis, project: str, updates: Iterable[EntityUpdate]) -> int:
-    """Write many entity updates in one pipeline round trip; returns how many were applied.
+def write_entities(
+    client: redis.Redis | Cluster, project: str, updates: Iterable[EntityUpdate]
+) -> int:
+    """Write many entity updates in one pipeline round trip (per master, on a Redis Cluster);
+    returns how many were applied.
 
     An update older than what the hash already holds for its view is skipped, inside Redis, so
     concurrent writers and replays after a crash cannot move a value back in time. Updates are
     applied in order, so of two for one entity at the same stamp the later one wins. The same
     check in the same script call writes, or skips, the entity's serving record.
     """
-    calls = _guarded_calls(project, updates)
-    if not calls:
+    keyed = [(redis_key(project, u.entity, u.entity_id), u) for u in updates]
+    if not keyed:
         return 0
-    results = _run_guarded(client, calls)
+    if isinstance(client, Cluster):
+        return _write_cluster(client, keyed)
+    return _run_guarded(client, _GUARDED_HSET, _guarded_calls(keyed, inline=False))
+
+
+def _write_cluster(cluster: Cluster, keyed: list[tuple[bytes, EntityUpdate]]) -> int:
+    for pause in (*_CLUSTER_PAUSES, None):
+        try:
+            applied = 0
+            for node, places in cluster.group([key for key, _ in keyed]).items():
+                calls = _guarded_calls([keyed[n] for n in places], inline=True)
+                applied += _run_guarded(cluster.nodes[node], _GUARDED_HSET_CLUSTER, calls)
+            return applied
+        except (redis.RedisError, OSError, StoreError) as exc:
+            if pause is None or not moved(exc):
+                msg = f"the Redis Cluster at {cluster.url.rpartition('@')[2]} failed a write: {exc}"
+                raise StoreError(msg) from None
+            time.sleep(pause)
+            try:
+                cluster.refresh()
+            except StoreError:
+                continue  # no node answers yet: the next pause, then again
+    raise AssertionError  # the loop returns or raises
+
+
+def _guarded_calls(keyed: Iterable[tuple[bytes, EntityUpdate]], inline: bool) -> list[list[Any]]:
+    """The arguments of each script call: the number of keys, the keys, then ARGV; or, inline
+    (`_GUARDED_HSET_CLUSTER`), no keys and each entity's keys in its ARGV."""
+    calls = []
+    keys: list[Any] = []
+    args: list[Any] = []
+    count = 0
+    for key, (entity, _, values, stamp_us) in keyed:
+        lay = layout(entity)
+        encoded = _encoded(lay, values)
+        items = _feature_items(lay, encoded)
+        pair = (key, record_key_of(key))
+        if inline:
+            args += pair
+        else:
+            keys += pair
+        args += (lay.stamp_field, stamp_us, len(items) + 2, *items, lay.ts_field)
+        args += (_event_time(stamp_us), _record(lay, encoded, stamp_us))
+        count += 1
+        if count == _ENTITIES_PER_CALL:
+            calls.append([len(keys), *keys, *args])
+            keys, args, count = [], [], 0
+    if count:
+        calls.append([len(keys), *keys, *args])
+    return calls
+
+
+def _run_guarded(client: redis.Redis, script: str, calls: list[list[Any]]) -> int:
+    results = _pipelined(client, _SHA[script], calls)
     if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-        client.script_load(_GUARDED_HSET)  # a fresh or flushed server; the writes are idempotent
-        results = _run_guarded(client, calls)
+        client.script_load(script)  # a fresh or flushed server; the writes are idempotent
+        results = _pipelined(client, _SHA[script], calls)
     for result in results:
         if isinstance(result, Exception):
             raise result
     return sum(results)
 
 
-def _guarded_calls(project: str, updates: Iterable[EntityUpdate]) -> list[list[Any]]:
-    """The arguments of each script call: the number of keys, the keys, then ARGV."""
-    calls = []
-    keys: list[bytes] = []
-    args: list[Any] = []
-    for entity, entity_id, values, stamp_us in updates:
-        lay = layout(entity)
-        encoded = _encoded(lay, values)
-        items = _feature_items(lay, encoded)
-        key = redis_key(project, entity, entity_id)
-        keys += (key, RECORD_PREFIX + key)
-        args += (lay.stamp_field, stamp_us, len(items) + 2, *items, lay.ts_field)
-        args += (_event_time(stamp_us), _record(lay, encoded, stamp_us))
-        if len(keys) == 2 * _ENTITIES_PER_CALL:
-            calls.append([len(keys), *keys, *args])
-            keys, args = [], []
-    if keys:
-        calls.append([len(keys), *keys, *args])
-    return calls
-
-
-def _run_guarded(client: redis.Redis, calls: list[list[Any]]) -> list[Any]:
+def _pipelined(client: redis.Redis, sha: str, calls: list[list[Any]]) -> list[Any]:
     with client.pipeline(transaction=False) as pipe:
         for call in calls:
-            pipe.evalsha(_GUARDED_HSET_SHA, *call)
+            pipe.evalsha(sha, *call)
         return pipe.execute(raise_on_error=False)
 
 
 def read_entities(
-    client: redis.Redis, project: str, requests: Sequence[tuple[Entity, str]]
+    client: redis.Redis | Cluster, project: str, requests: Sequence[tuple[Entity, str]]
 ) -> list[tuple[Any, ...] | None]:
-    """The current values of many entities in one round trip; None for an entity with none."""
-    with client.pipeline(transaction=False) as pipe:
-        for entity, entity_id in requests:
-            key, fields = redis_key(project, entity, entity_id), list(layout(entity).read_fields)
-            pipe.hmget(key, fields)  # type: ignore[arg-type]  # bytes keys are fine
-        replies = pipe.execute()
+    """The current values of many entities in one round trip (per master, on a Redis
+    Cluster); None for an entity with none."""
+    keys = [redis_key(project, entity, entity_id) for entity, entity_id in requests]
+    replies: list[Any] = [None] * len(keys)
+    if isinstance(client, Cluster):
+        for node, places in client.group(keys).items():
+            found = _hmgets(client.nodes[node], [(keys[n], requests[n][0]) for n in places])
+            for n, reply in zip(places, found, strict=True):
+                replies[n] = reply
+    else:
+        replies = _hmgets(client, [(key, r[0]) for key, r in zip(keys, requests, strict=True)])
     out: list[tuple[Any, ...] | None] = []
     for (entity, _), raw in zip(requests, replies, strict=True):
         lay = layout(entity)
@@ -607,3 +688,10 @@ def read_entities(
             continue
         out.append(tuple(decode_value(d, r) for d, r in zip(lay.dtypes, raw, strict=False)))
     return out
+
+
+def _hmgets(client: redis.Redis, keyed: Sequence[tuple[bytes, Entity]]) -> list[Any]:
+    with client.pipeline(transaction=False) as pipe:
+        for key, entity in keyed:
+            pipe.hmget(key, list(layout(entity).read_fields))  # type: ignore[arg-type]
+        return pipe.execute()

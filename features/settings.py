@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    """Whether `redis_url` names a node of a Redis Cluster (`BESTMATCH_REDIS_CLUSTER=true`): the
+    online store and the Redis Stream are then the cluster's (features/redis_cluster.py)."""
     lake: str = "./lake"
     mlflow_tracking_uri: str | None = Field(
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")

@@ -192,7 +192,12 @@ def _execute(
 
 def _bus_source(settings: Settings, options: dict[str, Any]) -> KafkaSource | RedisStreamSource:
     if settings.kafka is None:
-        return RedisStreamSource(settings.redis_url, [settings.stream_key], options["batch_size"])
+        return RedisStreamSource(
+            settings.redis_url,
+            [settings.stream_key],
+            options["batch_size"],
+            cluster=settings.redis_cluster,
+        )
     return KafkaSource(
         settings.kafka,
         options["partitions"],

@@ -28,6 +28,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from features import offline_layout, online_layout
 from features.lake import DEAD_LETTER_SCHEMA, dead_letter_uri
+from features.redis_cluster import Cluster
 from features.settings import Settings
 from features.specs import ENTITIES
 from flows.items import DeadLetter, ShardOutput
@@ -222,8 +223,8 @@ class DeadLetterSink(FixedPartitionedSink[DeadLetter, None]):
 
 
 class _OnlinePartition(StatelessSinkPartition[ShardOutput]):
-    def __init__(self, url: str, project: str) -> None:
-        self._client = redis.Redis.from_url(url)
+    def __init__(self, url: str, cluster: bool, project: str) -> None:
+        self._client: redis.Redis | Cluster = Cluster(url) if cluster else redis.Redis.from_url(url)
         self._project = project
 
     def write_batch(self, items: list[ShardOutput]) -> None:
@@ -249,11 +250,13 @@ class _OnlinePartition(StatelessSinkPartition[ShardOutput]):
 
 
 class OnlineSink(DynamicSink[ShardOutput]):
-    """The online store: each changed entity's latest values, in Feast's Redis layout."""
+    """The online store: each changed entity's latest values, in Feast's Redis layout, on one
+    Redis or a Redis Cluster's masters."""
 
     def __init__(self, settings: Settings):
         self.url = settings.redis_url
+        self.cluster = settings.redis_cluster
         self.project = settings.feast_project
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _OnlinePartition:
-        return _OnlinePartition(self.url, self.project)
+        return _OnlinePartition(self.url, self.cluster, self.project)

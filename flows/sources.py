@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from features import redis_cluster
 from features.bus import EVENT_FIELD, open_events
 from flows.items import End, RawBatch
 
@@ -88,8 +88,9 @@ class _StreamPartition(StatefulSourcePartition[RawBatch | End, tuple[str, int]])
         poll: timedelta,
         close_after: timedelta | None,
         resume: tuple[str, int] | None,
+        cluster: bool = False,
     ):
-        self._client = redis.Redis.from_url(url)
+        self._client = redis_cluster.client(url, cluster)
         self._key = key
         self._last, self._number = resume or ("0-0", 0)
         self._batch_size = batch_size
@@ -151,8 +152,10 @@ class RedisStreamSource(FixedPartitionedSource[RawBatch | End, tuple[str, int]])
         batch_size: int = 2000,
         poll: timedelta = timedelta(milliseconds=2),
         close_after: timedelta | None = timedelta(seconds=1),
+        cluster: bool = False,
     ):
         self.url = url
+        self.cluster = cluster
         self.keys = keys
         self.batch_size = batch_size
         self.poll = poll
@@ -165,5 +168,11 @@ class RedisStreamSource(FixedPartitionedSource[RawBatch | End, tuple[str, int]])
         self, step_id: str, for_part: str, resume_state: tuple[str, int] | None
     ) -> _StreamPartition:
         return _StreamPartition(
-            self.url, for_part, self.batch_size, self.poll, self.close_after, resume_state
+            self.url,
+            for_part,
+            self.batch_size,
+            self.poll,
+            self.close_after,
+            resume_state,
+            self.cluster,
         )

@@ -11,7 +11,7 @@ from serving.config import ServingSettings
 from serving.metrics import ServingMetrics
 from serving.model import ChampionWatcher, LoadedRanker
 from serving.serving_log import ServingLog, serving_log_uri
-from serving.store import FeatureReader, connect
+from serving.store import FeatureReader, open_reader
 
 
 @dataclass
@@ -59,9 +59,11 @@ def open_state(settings: Settings, config: ServingSettings) -> ServingState:
         on_failure=lambda _exc: metrics.model_load_failures.inc(),
     )
     watcher.load_initial()
-    reader = FeatureReader(
-        connect(settings.redis_url, config.redis_timeout_s),
+    reader = open_reader(
+        settings.redis_url,
+        settings.redis_cluster,
         settings.feast_project,
+        config.redis_timeout_s,
         config.redis_retry_s,
     )
     log = None

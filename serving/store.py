@@ -23,11 +23,13 @@ read after that, or a `/readyz` ping, finds the store again by itself.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -39,13 +41,14 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from features.errors import StoreError
 from features.online_layout import (
-    RECORD_PREFIX,
+    RECORD_KEY_HEAD,
     decode_record,
     decode_value,
     layout,
     record_key,
 )
 from features.ranking import STORE_FEATURES
+from features.redis_cluster import ClusterMap, check_url, key_slot, moved
 from features.specs import CLIENT, ENTITIES, FREELANCER, JOB, Dtype, Entity, features_of
 from serving.inputs import FreelancerInput, freelancer_input
 
@@ -194,7 +197,7 @@ _LUA_BYTES = [
 ]
 
 
-def _read_script() -> str:
+def _read_script(cluster: bool = False) -> str:
     fields = ",\n  ".join(
         f"[{_lua(entity.name.encode())}] = {{{', '.join(map(_lua, _read_of(entity).fields))}}}"
         for entity in ENTITIES
@@ -203,9 +206,24 @@ def _read_script() -> str:
         f"[{_lua(entity.name.encode())}] = {_lua(layout(entity).record_head)}"
         for entity in ENTITIES
     )
-    return f"""-- BestMatch's read of one request's entities (serving/store.py).
--- KEYS: the entities' record keys; each one's hash key is its record key without the prefix.
--- ARGV: the number of runs of one kind, then each run's kind and length, in KEYS' order.
+    if cluster:  # keys of many slots: in ARGV, one GET each (see features/redis_cluster.py)
+        flags = "#!lua flags=no-writes,allow-cross-slot-keys\n"
+        where = """-- ARGV: the number of runs of one kind, then each run's kind and length,
+-- then the entities' record keys in that order (a cluster node's own keys, of many slots).
+local first = 2 * tonumber(ARGV[1]) + 2
+local out = {}
+for k = first, #ARGV do
+  out[k - first + 1] = redis.call('GET', ARGV[k])
+end
+local function key(i) return ARGV[first + i - 1] end"""
+    else:
+        flags = ""
+        where = """-- KEYS: the entities' record keys; ARGV: the number of runs of one kind,
+-- then each run's kind and length, in KEYS' order.
+local out = redis.call('MGET', unpack(KEYS))
+local function key(i) return KEYS[i] end"""
+    return f"""{flags}-- BestMatch's read of one request's entities (serving/store.py).
+-- An entity's hash key is its record key less its first {RECORD_KEY_HEAD} bytes (`bm:r:{{TAG}}`).
 -- Answer: per entity, its record where it is of this feature schema, else its hash's fields.
 local fields = {{
   {fields}
@@ -213,8 +231,7 @@ local fields = {{
 local heads = {{
   {heads}
 }}
-local prefix = {len(RECORD_PREFIX)}
-local out = redis.call('MGET', unpack(KEYS))
+{where}
 local i = 1
 for run = 1, tonumber(ARGV[1]) do
   local kind = ARGV[2 * run]
@@ -222,7 +239,7 @@ for run = 1, tonumber(ARGV[1]) do
   for _ = 1, tonumber(ARGV[2 * run + 1]) do
     local record = out[i]
     if not record or string.sub(record, 1, {_HEAD}) ~= head then
-      out[i] = redis.call('HMGET', string.sub(KEYS[i], prefix + 1), unpack(fields[kind]))
+      out[i] = redis.call('HMGET', string.sub(key(i), {RECORD_KEY_HEAD + 1}), unpack(fields[kind]))
     end
     i = i + 1
   end
@@ -233,6 +250,7 @@ return out
 
 _HEAD = len(layout(ENTITIES[0]).record_head)
 READ_SCRIPT = _read_script()
+CLUSTER_READ_SCRIPT = _read_script(cluster=True)
 
 
 async def read_stamped(
@@ -279,6 +297,13 @@ async def _fetch(
     except redis.ResponseError as exc:
         msg = f"the online store answered an error: {exc}"
         raise StoreError(msg) from None
+    return _decoded(replies, reads, runs, memo)
+
+
+def _decoded(
+    replies: list[Any], reads: Sequence[_Read], runs: list[tuple[int, int, _Read]], memo: EntityMemo
+) -> list[Stamped | None]:
+    """The entities of a read script's answer, decoded (through `memo`)."""
     memo.round_trips += 1
     if len(replies) != len(reads):
         msg = f"the online store answered {len(replies)} entities for {len(reads)} keys"
@@ -353,13 +378,132 @@ def connect(url: str, timeout_s: float) -> aioredis.Redis:
     )
 
 
+class ClusterNodes:
+    """A Redis Cluster as serving reads it: an asyncio client per master (`connect`'s, failing
+    fast), the slot map, and `CLUSTER_READ_SCRIPT` on each. A request's keys are split by the
+    master owning them and read from all of them at once: one round trip per master, in
+    parallel, so a request waits about as long as for one Redis. The map is read again
+    (`refresh`) after a node fails or answers that a key is not its own."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        check_url(url)
+        self.url = url
+        self.timeout_s = timeout_s
+        self.map = ClusterMap((), ())
+        self.nodes: list[aioredis.Redis] = []
+        self.scripts: list[AsyncScript] = []
+        self.stale = True
+        self._slots: dict[bytes, int] = {}
+
+    async def refresh(self) -> None:
+        """Ask the configured node for the map, else any master known before."""
+        known = (self.map.node_url(self.url, i) for i in range(len(self.map.nodes)))
+        error: BaseException | None = None
+        for url in dict.fromkeys([self.url, *known]):
+            asked = connect(url, self.timeout_s)
+            try:
+                reply = await asked.execute_command("CLUSTER SLOTS")
+            except (redis.RedisError, OSError) as exc:
+                error = exc
+                continue
+            finally:
+                await asked.aclose()
+            found = ClusterMap.from_slots(reply, urlsplit(url).hostname or "127.0.0.1")
+            if not found.nodes:
+                msg = "the Redis Cluster has no slots assigned yet"
+                raise StoreError(msg)
+            await self.aclose()
+            self.map = found
+            self.nodes = [
+                connect(found.node_url(self.url, i), self.timeout_s)
+                for i in range(len(found.nodes))
+            ]
+            self.scripts = [node.register_script(CLUSTER_READ_SCRIPT) for node in self.nodes]
+            self.stale = False
+            return
+        msg = f"no node of the Redis Cluster answers: {error}"
+        raise StoreError(msg)
+
+    def slot(self, key: bytes) -> int:
+        found = self._slots.get(key)
+        if found is None:
+            if len(self._slots) >= _KEPT:
+                self._slots.clear()
+            found = self._slots[key] = key_slot(key)
+        return found
+
+    async def fetch(
+        self, reads: Sequence[_Read], keys: list[bytes], memo: EntityMemo
+    ) -> list[Stamped | None]:
+        """`read_stamped` on the cluster: each master's share of `keys` at once."""
+        if self.stale:
+            await self.refresh()
+        owner = self.map.owner
+        groups: dict[int, list[int]] = {}
+        for n, key in enumerate(keys):
+            groups.setdefault(owner[self.slot(key)], []).append(n)
+        if -1 in groups:
+            self.stale = True
+            msg = "some hash slots of the Redis Cluster have no master"
+            raise StoreError(msg)
+        parts = list(groups.items())
+        answers = await asyncio.gather(
+            *(
+                self._node(node, [reads[n] for n in places], [keys[n] for n in places], memo)
+                for node, places in parts
+            ),
+            return_exceptions=True,
+        )
+        found: list[Stamped | None] = [None] * len(keys)
+        for (_, places), answer in zip(parts, answers, strict=True):
+            if isinstance(answer, BaseException):
+                self.stale = self.stale or moved(answer)
+                raise answer
+            for n, stamped in zip(places, answer, strict=True):
+                found[n] = stamped
+        return found
+
+    async def _node(
+        self, node: int, reads: list[_Read], keys: list[bytes], memo: EntityMemo
+    ) -> list[Stamped | None]:
+        runs = _runs(reads)
+        args: list[Any] = [len(runs)]
+        for start, end, read in runs:
+            args += (read.kind, end - start)
+        try:
+            replies = await self.scripts[node](keys=[], args=[*args, *keys])
+        except redis.ResponseError as exc:
+            msg = f"the online store answered an error: {exc}"
+            raise StoreError(msg) from None
+        return _decoded(replies, reads, runs, memo)
+
+    async def ping(self) -> None:
+        """Every master answers, and has the read script (loaded where it lacked it)."""
+        if self.stale:
+            await self.refresh()
+        await asyncio.gather(*(node.ping() for node in self.nodes))  # type: ignore[misc,arg-type]
+        await asyncio.gather(*(node.script_load(CLUSTER_READ_SCRIPT) for node in self.nodes))
+
+    async def aclose(self) -> None:
+        for node in self.nodes:
+            await node.aclose()
+        self.nodes, self.scripts = [], []
+
+
 class FeatureReader:
     """Reads a request's entities; remembers whether the store is reachable."""
 
-    def __init__(self, client: aioredis.Redis, project: str, retry_s: float) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        project: str,
+        retry_s: float,
+        cluster: ClusterNodes | None = None,
+    ) -> None:
         self.client = client
         self.project = project
         self.retry_s = retry_s
+        self.cluster = cluster
         self._skip_until = 0.0
         self._memo = EntityMemo()
         self._script = client.register_script(READ_SCRIPT)
@@ -393,7 +537,10 @@ class FeatureReader:
         ids += distinct
         keys += freelancer.record_keys(project, distinct)
         try:
-            found = await _fetch(self._script, reads, keys, runs, self._memo)
+            if self.cluster is None:
+                found = await _fetch(self._script, reads, keys, runs, self._memo)
+            else:
+                found = await self.cluster.fetch(reads, keys, self._memo)
         except (redis.RedisError, OSError, StoreError):
             self._failed()
             return RequestFeatures(
@@ -419,11 +566,14 @@ class FeatureReader:
         skipping. The first success after a failure loads the read script too, so the next
         read does not pay for loading it (two more round trips) within its timeout."""
         try:
-            await self.client.ping()  # type: ignore[misc]  # the asyncio client's: awaitable
-            if not self._loaded:
-                await self.client.script_load(READ_SCRIPT)
-                self._loaded = True
-        except (redis.RedisError, OSError):
+            if self.cluster is not None:
+                await self.cluster.ping()
+            else:
+                await self.client.ping()  # type: ignore[misc]  # the asyncio client's: awaitable
+                if not self._loaded:
+                    await self.client.script_load(READ_SCRIPT)
+                    self._loaded = True
+        except (redis.RedisError, OSError, StoreError):
             self._failed()
             return False
         self.up = True
@@ -432,3 +582,14 @@ class FeatureReader:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        if self.cluster is not None:
+            await self.cluster.aclose()
+
+
+def open_reader(
+    url: str, cluster: bool, project: str, timeout_s: float, retry_s: float
+) -> FeatureReader:
+    """The reader of the online store at `url`: one Redis, or the Redis Cluster it is a node
+    of (`BESTMATCH_REDIS_CLUSTER`). Nothing connects until first used, on the event loop."""
+    nodes = ClusterNodes(url, timeout_s) if cluster else None
+    return FeatureReader(connect(url, timeout_s), project, retry_s, nodes)

@@ -23,6 +23,7 @@ from google.protobuf.internal.decoder import _DecodeVarint
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.crc import key_slot
 
 from features import online_layout
 from features.errors import StoreError
@@ -40,6 +41,7 @@ from features.online_layout import (
     encode_value,
     entity_key_prefix,
     feature_field,
+    hash_key_of,
     layout,
     read_entities,
     record_key,
@@ -393,7 +395,12 @@ def test_records_hold_the_hash_values_bytes_and_stamp(redis_url: str) -> None:
 def test_record_keys_are_apart_from_feasts_keys() -> None:
     for entity in ENTITIES:
         key = record_key(PROJECT, entity, "e-1")
-        assert key == b"bm:r:" + redis_key(PROJECT, entity, "e-1")
+        hash_key = redis_key(PROJECT, entity, "e-1")
+        assert key.startswith(b"bm:r:{") and key.endswith(hash_key)
+        assert hash_key_of(key) == hash_key
+        # On a Redis Cluster a record lives in its hash's slot (the server's own CLUSTER KEYSLOT
+        # agrees: tests/test_redis_cluster.py).
+        assert key_slot(key) == key_slot(hash_key)
         # Feast's keys (and its scans for a view's keys) begin with the entity key prefix.
         assert not key.startswith(entity_key_prefix(entity.join_key)[:4])
     assert len({layout(e).record_head for e in ENTITIES}) == len(ENTITIES)

@@ -31,22 +31,21 @@ def reset_online(client: redis.Redis, settings: Settings) -> int:
     """Delete the project's entities (Feast's hashes and the serving records) and the event bus
     from Redis (and nothing else there): the demo's own stores start empty, so an earlier run's
     newer values cannot mask this one's. Returns how many entities were deleted."""
-    from features.online_layout import RECORD_PREFIX, layout
+    from features.online_layout import hash_key_of, layout
     from features.specs import ENTITIES
 
-    hashes = [layout(entity).key_prefix for entity in ENTITIES]
-    prefixes = (*hashes, *(RECORD_PREFIX + prefix for prefix in hashes))  # and serving records
+    hashes = tuple(layout(entity).key_prefix for entity in ENTITIES)
     project = settings.feast_project.encode()
     pattern = b"*" + project  # Feast project names are letters, digits and underscores
     keys = [
         key
         for key in client.scan_iter(match=pattern, count=1000)
-        if key.startswith(prefixes) and key.endswith(project)
-    ]
+        if (hash_key_of(key) or key).startswith(hashes) and key.endswith(project)
+    ]  # Feast's hashes, and the serving records beside them
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])
     client.delete(settings.stream_key)
-    return sum(not key.startswith(RECORD_PREFIX) for key in keys)
+    return sum(hash_key_of(key) is None for key in keys)
 
 
 # --- the demo ---------------------------------------------------------------------------------
