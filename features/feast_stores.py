@@ -36,7 +36,11 @@ from feast.infra.offline_stores.offline_store import (
     RetrievalMetadata,
 )
 from feast.infra.offline_stores.offline_utils import DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+from feast.infra.online_stores.redis import (
+    RedisOnlineStore,
+    RedisOnlineStoreConfig,
+    RedisType,
+)
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
@@ -97,21 +101,33 @@ class BestMatchRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     @classmethod
     def _from_url(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            url = _settings(redis_url=_given(data.get("url"))).redis_url
+            settings = _settings(redis_url=_given(data.get("url")))
+            url = settings.redis_url
             data = {**data, "url": url, "connection_string": redis_connection_string(url)}
+            if settings.redis_cluster and "redis_type" not in data:
+                # Feast's own cluster client (RedisCluster), from the URL's node: database 0
+                data["redis_type"] = "redis_cluster"
+                data["connection_string"] = ",".join(
+                    part for part in data["connection_string"].split(",") if part != "db=0"
+                )
         return data
 
 
 class BestMatchRedisOnlineStore(RedisOnlineStore):
-    """Feast's Redis online store, connecting from the configured URL."""
+    """Feast's Redis online store, connecting from the configured URL (on a Redis Cluster,
+    Feast's own cluster client does, from the URL's node)."""
 
     def _get_client(self, online_store_config: RedisOnlineStoreConfig) -> Any:
+        if online_store_config.redis_type == RedisType.redis_cluster:
+            return super()._get_client(online_store_config)
         if self._client is None:
             assert isinstance(online_store_config, BestMatchRedisOnlineStoreConfig)
             self._client = Redis.from_url(online_store_config.url)
         return self._client
 
     async def _get_client_async(self, online_store_config: RedisOnlineStoreConfig) -> Any:
+        if online_store_config.redis_type == RedisType.redis_cluster:
+            return await super()._get_client_async(online_store_config)
         if self._client_async is None:
             assert isinstance(online_store_config, BestMatchRedisOnlineStoreConfig)
             self._client_async = redis_asyncio.Redis.from_url(online_store_config.url)

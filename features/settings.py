@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import ConfigError
@@ -85,6 +85,14 @@ class Settings(BaseSettings):
             msg = "BESTMATCH_REDIS_URL must be a redis://, rediss:// or unix:// URL"
             raise ConfigError(msg)
         return value
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> Settings:
+        if self.redis_cluster:
+            from features.redis_cluster import check_url
+
+            check_url(self.redis_url)
+        return self
 
     @field_validator("bus")
     @classmethod

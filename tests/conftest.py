@@ -17,6 +17,7 @@ import redis
 from bestmatch.services import free_port
 from features.settings import Settings
 from tests.kafka_fixtures import kafka_cluster, kafka_settings  # noqa: F401  (Kafka fixtures)
+from tests.redis_cluster_fixtures import cluster_settings, redis_cluster  # noqa: F401
 
 __all__ = ["RedisServer", "free_port"]  # the tests' servers use the product's free_port
 
@@ -163,7 +164,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # that starts a real service is marked `integration` here and left out, and the modules that
 # hold nothing else are not even imported. The full suite is plain `pytest`.
 
-SERVICE_FIXTURES = frozenset({"redis_server", "feast_store"})
+SERVICE_FIXTURES = frozenset({"redis_server", "feast_store", "redis_cluster"})
 """Fixtures that start a real service: a test that uses one (even through another fixture) is
 an integration test."""
 INTEGRATION_MODULES = frozenset(

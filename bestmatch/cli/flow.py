@@ -44,7 +44,9 @@ def backfill(
     settings = read_settings()
     need_file(events, "--events")
     until_us = time_option(until, "--until")
-    note = ensure_redis(settings.redis_url, Path(settings.lake_path("redis")))
+    note = ensure_redis(
+        settings.redis_url, Path(settings.lake_path("redis")), settings.redis_cluster
+    )
     if note:
         console.print(note)
     started = time.perf_counter()
@@ -72,7 +74,7 @@ def publish(
     if settings.kafka is None:
         from bestmatch.services import ensure_redis
 
-        ensure_redis(settings.redis_url, Path(settings.lake_path("redis")))
+        ensure_redis(settings.redis_url, Path(settings.lake_path("redis")), settings.redis_cluster)
     started = time.perf_counter()
     with progress(f"publishing to {settings.bus_name}", total=None) as advance:
         sent = publish_events(settings, iter_lines(events), rate=rate, progress=advance)
@@ -103,6 +105,10 @@ def stream(
 
         start_http_server(metrics_port, registry=METRICS.registry)
         console.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics")
+    if settings.redis_cluster:
+        from features.redis_cluster import discover
+
+        discover(settings.redis_url)  # one line, not a traceback, where the cluster is amiss
     register_feast(settings)
     console.print(f"streaming from {settings.bus_name}; Ctrl-C to stop")
     _stop_on_signals()

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from features.errors import StoreError
+from features.errors import ConfigError, StoreError
+from features.redis_cluster import discover, is_cluster_node
 
 
 def redis_reachable(url: str) -> bool:
@@ -21,9 +22,27 @@ def redis_reachable(url: str) -> bool:
         return False
 
 
-def ensure_redis(url: str, workdir: Path) -> str | None:
-    """Start `redis-server` for a local URL that nothing answers; returns a note, or None."""
+def ensure_redis(url: str, workdir: Path, cluster: bool = False) -> str | None:
+    """Start `redis-server` for a local URL that nothing answers; returns a note, or None.
+
+    A Redis Cluster (`cluster`) is never started: its map is read, which says in one line what
+    is wrong where the node does not answer or is no cluster node. A Redis that answers but is a
+    cluster node while `cluster` is off is one line naming `BESTMATCH_REDIS_CLUSTER`."""
+    if cluster:
+        discover(url)
+        return None
     if redis_reachable(url):
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
+        try:
+            if is_cluster_node(client):
+                parts = urlsplit(url)
+                msg = (
+                    f"the Redis at {parts.hostname}:{parts.port or 6379} is a Redis Cluster "
+                    "node: set BESTMATCH_REDIS_CLUSTER=true"
+                )
+                raise ConfigError(msg)
+        finally:
+            client.close()
         return None
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379

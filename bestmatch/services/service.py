@@ -24,6 +24,7 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         env = child_env(
             BESTMATCH_REDIS_URL=settings.redis_url,
+            BESTMATCH_REDIS_CLUSTER="true" if settings.redis_cluster else "false",
             BESTMATCH_LAKE=settings.lake,
             **{f"BESTMATCH_SERVE_{k}": v for k, v in (serving or {}).items()},
         )

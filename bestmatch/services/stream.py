@@ -41,6 +41,7 @@ def stream_env(settings: Settings) -> dict[str, str]:
     """The variables that make `bestmatch` use these settings' stores."""
     return {
         "BESTMATCH_REDIS_URL": settings.redis_url,
+        "BESTMATCH_REDIS_CLUSTER": "true" if settings.redis_cluster else "false",
         "BESTMATCH_LAKE": settings.lake,
         "BESTMATCH_STREAM_KEY": settings.stream_key,
         "BESTMATCH_FEAST_PROJECT": settings.feast_project,
