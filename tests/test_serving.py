@@ -107,7 +107,10 @@ class Service:
 
 
 def serving_settings(**overrides: Any) -> ServingSettings:
-    values: dict[str, Any] = {"log_rate": 0.0, "model_poll_s": 0.2} | overrides
+    """The service's settings for a test: a patient store timeout (a loaded 2-core box can stall a
+    50 ms read), unless a test about timeouts sets its own."""
+    values: dict[str, Any] = {"log_rate": 0.0, "model_poll_s": 0.2, "redis_timeout_s": 1.0}
+    values |= overrides
     return ServingSettings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
