@@ -767,6 +767,22 @@ def test_bench_serve_times_both_paths_on_the_same_requests(market: Market) -> No
     client.close()
 
 
+def test_bench_cluster_serves_alike_from_a_cluster_and_one_redis(market: Market) -> None:
+    from bestmatch.benchmarks.cluster import bench_cluster
+
+    bench = bench_cluster(
+        market.serving, proposals=5, requests=10, duration_s=0.3, rounds=1, warmup_s=0.1
+    )
+    assert bench.same_ranking and bench.masters == 3
+    held = redis.Redis.from_url(market.serving.redis_url).dbsize()
+    assert 0 < bench.copied <= held
+    for runs in (*bench.single.values(), *bench.cluster.values()):
+        assert runs.runs[0].errors == 0 and runs.rps > 0
+    rows = dict(bench.rows())
+    assert rows["goal: p50, 1 client"].startswith(f"{bench.ratio(1):.2f}x")
+    assert "cluster / one Redis, 16 clients" in rows
+
+
 # --- the champion alias (last: these move it) ----------------------------------------------------
 
 

@@ -219,7 +219,7 @@ def start_service(
     return _start_child("bestmatch.benchmarks.serving", "serve_child", given)
 
 
-def _wait_ready(
+def wait_ready(
     port: int, process: subprocess.Popen[bytes], timeout_s: float = 300.0
 ) -> dict[str, Any]:
     import httpx
@@ -511,7 +511,7 @@ def _process_cpu_s(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _drive(port: int, pid: int, raws: Sequence[bytes], seconds: float, clients: int) -> Figures:
+def drive(port: int, pid: int, raws: Sequence[bytes], seconds: float, clients: int) -> Figures:
     before = _process_cpu_s(pid)
     if clients == 1:
         figures = drive_one(port, raws, seconds)
@@ -565,7 +565,7 @@ def bench_serve(
     floor: dict[int, list[Figures]] = {n: [] for n in clients}
     feast: dict[int, list[Figures]] = {n: [] for n in clients}
     try:
-        ready = _wait_ready(port, process)
+        ready = wait_ready(port, process)
         version = str(ready["model"]["version"])
         raws = [http_request(port, orjson.dumps(b), settings.api_key) for b in bodies]
         conn = Connection(port)
@@ -599,16 +599,14 @@ def bench_serve(
                 abs(feast_scores[k] - served_scores[k]) <= 1e-9 for k in feast_scores
             )
             for n in clients:  # warm-ups, not counted
-                _drive(port, process.pid, raws, warmup_s, n)
-                _drive(floor_port, floor_process.pid, floor_raws, warmup_s, n)
+                drive(port, process.pid, raws, warmup_s, n)
+                drive(floor_port, floor_process.pid, floor_raws, warmup_s, n)
                 _call(ranker.rank, bodies, warmup_s, n)
             for round_ in range(1, rounds + 1):
                 for n in clients:
                     say(f"round {round_}/{rounds}: {n} client(s), {duration_s:g} s each side")
-                    service[n].append(_drive(port, process.pid, raws, duration_s, n))
-                    floor[n].append(
-                        _drive(floor_port, floor_process.pid, floor_raws, duration_s, n)
-                    )
+                    service[n].append(drive(port, process.pid, raws, duration_s, n))
+                    floor[n].append(drive(floor_port, floor_process.pid, floor_raws, duration_s, n))
                     feast[n].append(_call(ranker.rank, bodies, duration_s, n))
     finally:
         process.terminate()  # uvicorn shuts down cleanly: the serving log is flushed

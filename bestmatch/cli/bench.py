@@ -124,6 +124,35 @@ def serve(
     print_table("POST /v1/rank vs Feast get_online_features + model", report.rows())
 
 
+@bench_app.command("cluster")
+@friendly
+def cluster(
+    proposals: Annotated[int, typer.Option(min=1, max=500, help="Proposals per request.")] = 50,
+    requests: Annotated[int, typer.Option(min=1, help="Distinct requests to cycle.")] = 500,
+    duration: Annotated[float, typer.Option(help="Seconds per client count and side.")] = 5.0,
+    rounds: Annotated[int, typer.Option(min=1, help="Turns of each side.")] = 3,
+    masters: Annotated[int, typer.Option(min=3, help="Masters of the local cluster.")] = 3,
+    workers: Annotated[int, typer.Option(min=1, help="Processes of each service.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the requests.")] = 1,
+) -> None:
+    """The ranking service on a local Redis Cluster beside the same service on one Redis."""
+    from bestmatch.benchmarks.cluster import bench_cluster
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    report = bench_cluster(
+        read_settings(),
+        proposals=proposals,
+        requests=requests,
+        duration_s=duration,
+        rounds=rounds,
+        masters=masters,
+        workers=workers,
+        seed=seed,
+        progress=console.print,
+    )
+    print_table("POST /v1/rank: a Redis Cluster vs one Redis", report.rows())
+
+
 @bench_app.command("training")
 @friendly
 def training(

@@ -4,8 +4,10 @@ No replicas, no persistence; each node's files in a folder of its own under `wor
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,11 +21,35 @@ from features.errors import StoreError
 NODE_TIMEOUT_MS = 60_000  # a paused node is not failed over (nor the cluster marked down) soon
 
 
+BUS_OFFSET = 10_000  # a node's cluster bus listens on its port + 10,000
+
+
+def cluster_port() -> int:
+    """A free loopback port whose cluster bus port (+10,000) is free too, and below 65,536."""
+    for _ in range(100):
+        port = free_port()
+        if port + BUS_OFFSET > 65_535:
+            port = random.randrange(20_000, 55_000)
+        if all(_free(p) for p in (port, port + BUS_OFFSET)):
+            return port
+    msg = "no free pair of loopback ports for a Redis Cluster node"
+    raise StoreError(msg)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class ClusterNode:
-    """One master's `redis-server` on a free loopback port."""
+    """One master's `redis-server` on a free loopback port (its bus on port + 10,000)."""
 
     def __init__(self, workdir: Path, binary: str) -> None:
-        self.port = free_port()
+        self.port = cluster_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
@@ -94,6 +120,9 @@ class LocalRedisCluster:
         deadline = time.monotonic() + 30
         for node in self.nodes:
             while True:
+                if node.process.poll() is not None:
+                    msg = f"the Redis Cluster node on port {node.port} exited at start"
+                    raise StoreError(msg)
                 try:
                     if ready(node):
                         break
