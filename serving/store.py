@@ -393,7 +393,7 @@ class ClusterNodes:
         self.nodes: list[aioredis.Redis] = []
         self.scripts: list[AsyncScript] = []
         self.stale = True
-        self._slots: dict[bytes, int] = {}
+        self._where: dict[bytes, int] = {}  # record key -> its master's index
 
     async def refresh(self) -> None:
         """Ask the configured node for the map, else any master known before."""
@@ -419,18 +419,25 @@ class ClusterNodes:
                 for i in range(len(found.nodes))
             ]
             self.scripts = [node.register_script(CLUSTER_READ_SCRIPT) for node in self.nodes]
+            self._where.clear()
             self.stale = False
             return
         msg = f"no node of the Redis Cluster answers: {error}"
         raise StoreError(msg)
 
-    def slot(self, key: bytes) -> int:
-        found = self._slots.get(key)
-        if found is None:
-            if len(self._slots) >= _KEPT:
-                self._slots.clear()
-            found = self._slots[key] = key_slot(key)
-        return found
+    def _owners(self, keys: list[bytes]) -> list[int]:
+        """The index of the master owning each key (-1: none), remembered per key until the
+        map is read again."""
+        where = self._where
+        found = list(map(where.get, keys))
+        if None in found:
+            if len(where) >= _KEPT:
+                where.clear()
+            owner = self.map.owner
+            for n, key in enumerate(keys):
+                if found[n] is None:
+                    found[n] = where[key] = owner[key_slot(key)]
+        return found  # type: ignore[return-value]  # every None replaced
 
     async def fetch(
         self, reads: Sequence[_Read], keys: list[bytes], memo: EntityMemo
@@ -438,24 +445,31 @@ class ClusterNodes:
         """`read_stamped` on the cluster: each master's share of `keys` at once."""
         if self.stale:
             await self.refresh()
-        owner = self.map.owner
         groups: dict[int, list[int]] = {}
-        for n, key in enumerate(keys):
-            groups.setdefault(owner[self.slot(key)], []).append(n)
+        for n, node in enumerate(self._owners(keys)):
+            places = groups.get(node)
+            if places is None:
+                groups[node] = [n]
+            else:
+                places.append(n)
         if -1 in groups:
             self.stale = True
             msg = "some hash slots of the Redis Cluster have no master"
             raise StoreError(msg)
-        parts = list(groups.items())
-        answers = await asyncio.gather(
-            *(
-                self._node(node, [reads[n] for n in places], [keys[n] for n in places], memo)
-                for node, places in parts
-            ),
-            return_exceptions=True,
-        )
+        calls = [
+            self._node(node, [reads[n] for n in places], [keys[n] for n in places], memo)
+            for node, places in groups.items()
+        ]
+        # the other masters' calls as tasks, the first in this one: all sent before any answer
+        others = [asyncio.ensure_future(call) for call in calls[1:]]
+        answers: list[Any] = []
+        try:
+            answers.append(await calls[0])
+        except (redis.RedisError, OSError, StoreError) as exc:
+            answers.append(exc)
+        answers += await asyncio.gather(*others, return_exceptions=True)
         found: list[Stamped | None] = [None] * len(keys)
-        for (_, places), answer in zip(parts, answers, strict=True):
+        for places, answer in zip(groups.values(), answers, strict=True):
             if isinstance(answer, BaseException):
                 self.stale = self.stale or moved(answer)
                 raise answer
