@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from bestmatch.services import ensure_redis
+from bestmatch.services import ensure_redis, free_port
 from features.errors import ConfigError, StoreError
 from features.online_layout import (
     EntityUpdate,
@@ -291,3 +291,24 @@ def test_misconfigured_clusters_are_one_line_naming_the_variable(
     with pytest.raises(StoreError, match="cannot reach the Redis Cluster"):
         discover("redis://127.0.0.1:1/0", timeout_s=0.5)
     assert len(discover(redis_cluster.url).nodes) == len(redis_cluster.nodes)
+
+
+def test_the_commands_say_a_misconfigured_cluster_in_one_line(
+    redis_cluster: RedisClusterServers, redis_url: str, tmp_path: Path
+) -> None:
+    """Against a cluster node without the variable, `backfill` (which died in Bytewax with
+    "error writing output batch") and `serve` stop with one line; so does the variable on a
+    plain Redis."""
+    from tests.test_kafka import assert_one_line, run_command
+
+    events = write_lines(tmp_path / "e.jsonl", [line_of(e) for e in random_events(1, 20)])
+    backfill = ["backfill", "--events", str(events)]
+    lake = {"BESTMATCH_LAKE": str(tmp_path / "lake")}
+    for args in (backfill, ["serve", "--port", str(free_port())]):
+        code, output = run_command(args, {**lake, "BESTMATCH_REDIS_URL": redis_cluster.url})
+        assert code == 2, output
+        assert_one_line(output, "is a Redis Cluster node", "BESTMATCH_REDIS_CLUSTER=true")
+    plain = {**lake, "BESTMATCH_REDIS_URL": redis_url, "BESTMATCH_REDIS_CLUSTER": "true"}
+    code, output = run_command(backfill, plain)
+    assert code == 2, output
+    assert_one_line(output, "BESTMATCH_REDIS_CLUSTER=true", "not a cluster node")

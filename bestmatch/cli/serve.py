@@ -24,8 +24,10 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the ranking API (POST /v1/rank, /healthz, /readyz, /metrics, /openapi.json)."""
+    from bestmatch.services.redis_server import check_redis_kind
     from serving import run
 
     settings = read_settings()
+    check_redis_kind(settings.redis_url, settings.redis_cluster)
     console.print(f"serving on http://{host}:{port} (OpenAPI at /docs)")
     run(settings, host, port, workers=workers)

@@ -22,6 +22,27 @@ def redis_reachable(url: str) -> bool:
         return False
 
 
+def check_redis_kind(url: str, cluster: bool) -> None:
+    """Where a Redis answers at `url`, that it is a cluster node exactly when `cluster` says so:
+    else a `ConfigError` naming `BESTMATCH_REDIS_CLUSTER`. A Redis that does not answer passes
+    (the service starts degraded and finds it when it comes)."""
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or 6379}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
+    try:
+        found = is_cluster_node(client)
+    except (redis.RedisError, OSError):
+        return
+    finally:
+        client.close()
+    if found and not cluster:
+        msg = f"the Redis at {where} is a Redis Cluster node: set BESTMATCH_REDIS_CLUSTER=true"
+        raise ConfigError(msg)
+    if cluster and not found:
+        msg = f"BESTMATCH_REDIS_CLUSTER=true, but the Redis at {where} is not a cluster node"
+        raise ConfigError(msg)
+
+
 def ensure_redis(url: str, workdir: Path, cluster: bool = False) -> str | None:
     """Start `redis-server` for a local URL that nothing answers; returns a note, or None.
 
@@ -32,17 +53,7 @@ def ensure_redis(url: str, workdir: Path, cluster: bool = False) -> str | None:
         discover(url)
         return None
     if redis_reachable(url):
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
-        try:
-            if is_cluster_node(client):
-                parts = urlsplit(url)
-                msg = (
-                    f"the Redis at {parts.hostname}:{parts.port or 6379} is a Redis Cluster "
-                    "node: set BESTMATCH_REDIS_CLUSTER=true"
-                )
-                raise ConfigError(msg)
-        finally:
-            client.close()
+        check_redis_kind(url, cluster)
         return None
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
