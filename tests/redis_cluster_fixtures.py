@@ -32,11 +32,12 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRed
 
 @pytest.fixture
 def cluster_settings(tmp_path: Path, redis_cluster: LocalRedisCluster) -> Settings:
-    """Settings on the (flushed) session cluster, with a fresh lake in tmp_path."""
+    """Settings on the (flushed) session cluster, with a fresh lake in tmp_path (apart from the
+    `settings` fixture's)."""
     redis_cluster.flush()
     return Settings(
         redis_url=redis_cluster.url,
         redis_cluster=True,
-        lake=str(tmp_path / "lake"),
+        lake=str(tmp_path / "cluster-lake"),
         _env_file=None,
     )

@@ -52,11 +52,15 @@ def random_updates(rng: random.Random, n: int, ids: int = 200) -> list[EntityUpd
 
 
 def every_key(client: redis.Redis) -> dict[bytes, Any]:
-    """Each key of one Redis and what it holds (a hash's fields, a string's bytes)."""
+    """Each hash and string key of one Redis and what it holds (a hash's fields, a string's
+    bytes): the online store, without the event bus's Stream."""
     found: dict[bytes, Any] = {}
     for key in client.scan_iter(count=1000):
         kind = client.type(key)
-        found[key] = client.hgetall(key) if kind == b"hash" else client.get(key)
+        if kind == b"hash":
+            found[key] = client.hgetall(key)
+        elif kind == b"string":
+            found[key] = client.get(key)
     return found
 
 
@@ -312,3 +316,29 @@ def test_the_commands_say_a_misconfigured_cluster_in_one_line(
     code, output = run_command(backfill, plain)
     assert code == 2, output
     assert_one_line(output, "BESTMATCH_REDIS_CLUSTER=true", "not a cluster node")
+
+
+def test_a_stream_from_the_clusters_redis_stream_equals_a_backfill(
+    tmp_path: Path,
+    cluster_settings: Settings,
+    settings: Settings,
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """`BESTMATCH_BUS=redis` on a cluster: `publish` and `stream` use the cluster's Stream."""
+    from features.bus import publish_events
+    from tests.streaming import StreamProcess, converge
+
+    lines = [line_of(e) for e in random_events(seed=33, n=500)]
+    run_backfill(settings, write_lines(tmp_path / "events.jsonl", lines))
+    single = redis.Redis.from_url(settings.redis_url)
+    want = every_key(single)
+    single.close()
+    assert publish_events(cluster_settings, lines) == len(lines)
+    stream = StreamProcess(cluster_settings, tmp_path / "stream.log", free_port(), how="fork")
+    try:
+        stream.start()
+        stream.wait_read(len(lines), 120)
+
+        assert converge(lambda: cluster_keys(redis_cluster), want, 60) == want
+    finally:
+        stream.kill()
