@@ -57,7 +57,11 @@ def ensure_registry(settings: Settings, repo_path: Path | str = REPO_PATH) -> bo
 
 @contextmanager
 def _environment(settings: Settings) -> Iterator[None]:
-    wanted = {"BESTMATCH_REDIS_URL": settings.redis_url, "BESTMATCH_LAKE": settings.lake_path()}
+    wanted = {
+        "BESTMATCH_REDIS_URL": settings.redis_url,
+        "BESTMATCH_REDIS_CLUSTER": "true" if settings.redis_cluster else "false",
+        "BESTMATCH_LAKE": settings.lake_path(),
+    }
     saved = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)
     try:
