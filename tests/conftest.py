@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from bestmatch.services import free_port
+from bestmatch.services.redis_server import server_args
 from features.settings import Settings
 from tests.kafka_fixtures import kafka_cluster, kafka_settings  # noqa: F401  (Kafka fixtures)
 from tests.redis_cluster_fixtures import cluster_settings, redis_cluster  # noqa: F401
@@ -32,19 +33,7 @@ class RedisServer:
         self.port = free_port()
         self.workdir = workdir
         self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-            ],
+            [binary, *server_args(self.port, workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 
 from bestmatch.services.children import free_port
+from bestmatch.services.redis_server import server_args
 from features.errors import StoreError
 
 NODE_TIMEOUT_MS = 60_000  # a paused node is not failed over (nor the cluster marked down) soon
@@ -54,22 +55,13 @@ class ClusterNode:
         self.process = subprocess.Popen(
             [
                 binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
+                *server_args(self.port, workdir),
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
                 str(NODE_TIMEOUT_MS),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -14,6 +14,15 @@ from features.errors import ConfigError, StoreError
 from features.redis_cluster import discover, is_cluster_node
 
 
+def server_args(port: int, workdir: Path, host: str = "127.0.0.1") -> list[str]:
+    """`redis-server`'s arguments for a server of ours: this port and interface, its files in
+    `workdir`, and no persistence (the flow rebuilds the online store from the lake)."""
+    return [
+        *("--port", str(port), "--bind", host, "--dir", str(workdir.resolve())),
+        *("--save", "", "--appendonly", "no"),
+    ]
+
+
 def redis_reachable(url: str) -> bool:
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
@@ -68,18 +77,9 @@ def ensure_redis(url: str, workdir: Path, cluster: bool = False) -> str | None:
     subprocess.run(
         [
             binary,
-            "--port",
-            str(port),
-            "--bind",
-            host,
+            *server_args(port, workdir, host),
             "--daemonize",
             "yes",
-            "--dir",
-            str(workdir.resolve()),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
             "--logfile",
             str((workdir / "redis.log").resolve()),
         ],
