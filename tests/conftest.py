@@ -76,6 +76,16 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
     return Settings(redis_url=redis_url, lake=str(tmp_path / "lake"), _env_file=None)
 
 
+@pytest.fixture
+def streams() -> Iterator[list[Any]]:
+    """`bestmatch stream` processes a test starts (`tests.streaming.new_stream`): all killed
+    at teardown, whatever happened."""
+    started: list[Any] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
 # --- Feast ----------------------------------------------------------------------------------
 
 FEAST_REPO = Path(__file__).resolve().parents[1] / "features"

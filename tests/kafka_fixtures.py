@@ -8,7 +8,6 @@ with 4 partitions, which `kafka_settings` checks.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,11 +15,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from bestmatch.services import child_env
-from bestmatch.services.stream import Child
 from features.bus import kafka_partitions
 from features.settings import Settings
-from tests.streaming import StreamProcess, _Forked, _forkserver, _run_command, stream_env
 
 PARTITIONS = 4
 IDLE_MS = 2000  # generous: a loaded 2-core box must not time a partition out mid-test
@@ -66,34 +62,3 @@ def on_topic(settings: Settings, cluster: MockKafka, topic: str | None = None) -
 @pytest.fixture
 def kafka_settings(settings: Settings, kafka_cluster: MockKafka) -> Settings:
     return on_topic(settings, kafka_cluster)
-
-
-def bus_env(settings: Settings) -> dict[str, str]:
-    """`tests.streaming.stream_env` and the bus's own variables."""
-    return {
-        **stream_env(settings),
-        "BESTMATCH_BUS": settings.bus,
-        "BESTMATCH_KAFKA_IDLE_MS": str(settings.kafka_idle_ms),
-        "BESTMATCH_KAFKA_RETRY_S": str(settings.kafka_retry_s),
-    }
-
-
-class BusStreamProcess(StreamProcess):
-    """`tests.streaming.StreamProcess` with the event bus's variables in its environment."""
-
-    def spawn(self) -> Child:
-        env = bus_env(self.settings)
-        if self.how == "cli":
-            with self.log.open("ab") as out:
-                return subprocess.Popen(
-                    [*self.command(), *self.args],
-                    env=child_env(**env),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-        child = _forkserver().Process(
-            target=_run_command, args=(env, self.args, str(self.log)), daemon=True
-        )
-        child.start()
-        return _Forked(child)

@@ -28,10 +28,10 @@ import polars as pl
 import redis
 from deltalake import DeltaTable
 
+from bestmatch.services import free_port, stream_env
 from bestmatch.services import stream as launcher
-from bestmatch.services import stream_env
 from features import offline_layout, online_layout
-from features.bus import EVENT_FIELD
+from features.bus import EVENT_FIELD, publish_kafka
 from features.bus import publish as publish_lines
 from features.lake import dead_letter_uri
 from features.settings import Settings
@@ -142,6 +142,31 @@ def converge(read: Callable[[], T], expected: T, timeout: float, every: float = 
         time.sleep(every)
 
 
+Streams = list[StreamProcess]
+
+
+def new_stream(
+    streams: Streams,
+    settings: Settings,
+    tmp_path: Path,
+    *,
+    workers: int = 1,
+    how: How = "fork",
+    options: tuple[str, ...] = (),
+) -> StreamProcess:
+    process = StreamProcess(
+        settings,
+        tmp_path / f"stream-{len(streams)}.log",
+        free_port(),
+        workers=workers,
+        how=how,
+        options=options,
+    )
+    streams.append(process)
+    process.start()
+    return process
+
+
 # --- the event bus ----------------------------------------------------------------------------
 
 
@@ -155,16 +180,29 @@ def publish(settings: Settings, lines: Iterable[bytes], rate: float | None = Non
 
 
 class Publisher(threading.Thread):
-    """Publishes in the background at `rate` events per second."""
+    """Publishes in the background at `rate` events per second, onto the settings' bus: the
+    Redis Stream, or the Kafka topic (into `partition(line)` where given, else by key)."""
 
-    def __init__(self, settings: Settings, lines: Sequence[bytes], rate: float) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        lines: Sequence[bytes],
+        rate: float,
+        partition: Callable[[bytes], int] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.settings, self.lines, self.rate = settings, lines, rate
+        self.partition = partition
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            publish(self.settings, self.lines, self.rate)
+            if self.settings.kafka is None:
+                publish(self.settings, self.lines, self.rate)
+            else:
+                publish_kafka(
+                    self.settings.kafka, self.lines, rate=self.rate, partition=self.partition
+                )
         except BaseException as exc:  # surfaced by finish()
             self.error = exc
 

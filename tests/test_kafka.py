@@ -15,14 +15,14 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from bestmatch.services import stream_env
 from features.bus import event_key, publish_kafka
 from features.errors import ConfigError
 from features.events import Event
@@ -33,17 +33,19 @@ from tests.conftest import free_port
 from tests.kafka_fixtures import (
     IDLE_MS,
     PARTITIONS,
-    BusStreamProcess,
     MockKafka,
-    bus_env,
     new_mock_kafka,
     on_topic,
 )
 from tests.streaming import (
     How,
+    Publisher,
+    StreamProcess,
+    Streams,
     changelog_rows,
     converge,
     dead_letters,
+    new_stream,
     online_dump,
     online_values,
     wait_until,
@@ -62,39 +64,6 @@ SECOND = 1_000_000
 DAY = 86_400 * SECOND
 START_TIMEOUT = 180.0  # a first start imports the whole stack: slow on a loaded 2-core box
 CATCH_UP_TIMEOUT = 90.0
-
-Streams = list[BusStreamProcess]
-
-
-@pytest.fixture
-def streams() -> Iterator[Streams]:
-    started: Streams = []
-    yield started
-    for process in started:
-        process.kill()
-
-
-def new_stream(
-    streams: Streams,
-    settings: Settings,
-    tmp_path: Path,
-    *,
-    workers: int = 1,
-    how: How = "fork",
-    options: tuple[str, ...] = (),
-) -> BusStreamProcess:
-    process = BusStreamProcess(
-        settings,
-        tmp_path / f"stream-{len(streams)}.log",
-        free_port(),
-        workers=workers,
-        how=how,
-        options=options,
-    )
-    streams.append(process)
-    process.start()
-    return process
-
 
 # --- events -----------------------------------------------------------------------------------
 
@@ -176,7 +145,7 @@ def test_stream_equals_backfill(
     if assignment is None:  # by the key: what `bestmatch publish` does
         events_file = write_lines(tmp_path / "publish.jsonl", lines)
         code, output = run_command(
-            ["publish", "--events", str(events_file)], bus_env(kafka_settings)
+            ["publish", "--events", str(events_file)], stream_env(kafka_settings)
         )
         assert code == 0, output
         assert f"published {len(lines):,} events" in output
@@ -432,35 +401,13 @@ def test_a_kafka_checkpoint_resumed_on_another_bus_admits_what_the_merge_held() 
 # --- results do not depend on how partitions interleave -----------------------------------------
 
 
-class KafkaPublisher(threading.Thread):
-    """Publishes in the background at `rate` events per second."""
-
-    def __init__(self, settings: Settings, lines: list[bytes], rate: float) -> None:
-        super().__init__(daemon=True)
-        self.settings, self.lines, self.rate = settings, lines, rate
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            assert self.settings.kafka is not None
-            publish_kafka(self.settings.kafka, self.lines, rate=self.rate, partition=by_hash)
-        except BaseException as exc:  # surfaced by finish()
-            self.error = exc
-
-    def finish(self, timeout: float) -> None:
-        self.join(timeout)
-        assert not self.is_alive(), "publisher still running"
-        if self.error is not None:
-            raise self.error
-
-
 def stores_of(settings: Settings) -> tuple:
     """Everything a stream wrote, dead letters named by partition number (not topic)."""
     letters = [(s.rpartition("/")[2], p, raw, r) for s, p, raw, r in dead_letters(settings)]
     return online_dump(settings), changelog_rows(settings), sorted(letters)
 
 
-def settle(stream: BusStreamProcess, count: int) -> None:
+def settle(stream: StreamProcess, count: int) -> None:
     """Read `count` events, then every partition idle, so the last instant is closed."""
     stream.wait_read(count, START_TIMEOUT)
     time.sleep(IDLE_MS / 1000 + 3)
@@ -474,7 +421,7 @@ def test_results_do_not_depend_on_how_partitions_interleave(
     # live: the stream reads while events arrive, partitions interleaved as published
     live = new_stream(streams, kafka_settings, tmp_path)
     live.wait_read(0, START_TIMEOUT)
-    publisher = KafkaPublisher(kafka_settings, lines, rate=len(lines) / 5)
+    publisher = Publisher(kafka_settings, lines, len(lines) / 5, by_hash)
     publisher.start()
     # replayed: the same partitions' contents, written one partition after another (the last
     # first), then read by two workers
@@ -504,7 +451,7 @@ def test_sigkill_loses_nothing_and_counts_nothing_twice(
 
     crashed = new_stream(streams, kafka_settings, tmp_path, workers=2)
     crashed.wait_read(0, START_TIMEOUT)
-    publisher = KafkaPublisher(kafka_settings, lines, rate=len(lines) / 6)
+    publisher = Publisher(kafka_settings, lines, len(lines) / 6, by_hash)
     publisher.start()
     read = []
     for _ in range(3):
@@ -581,7 +528,7 @@ def test_unreachable_broker_is_one_line(tmp_path: Path, settings: Settings) -> N
     events = write_lines(tmp_path / "e.jsonl", [line_of(e) for e in random_events(1, 5)])
     bus = f"kafka://127.0.0.1:{free_port()}/events"
     env = {
-        **bus_env(settings.model_copy(update={"bus": bus, "kafka_retry_s": 2.0})),
+        **stream_env(settings.model_copy(update={"bus": bus, "kafka_retry_s": 2.0})),
         "BESTMATCH_KAFKA_RETRY_S": "2",
     }
     for args in (["publish", "--events", str(events)], ["stream", "--metrics-port", "0"]):

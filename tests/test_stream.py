@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -22,15 +21,15 @@ from features.events import Event, event_to_json, format_time
 from features.settings import Settings
 from flows.runner import run_backfill
 from tests import oracle
-from tests.conftest import free_port
 from tests.streaming import (
     How,
     Publisher,
-    StreamProcess,
+    Streams,
     changelog_rows,
     converge,
     dead_letters,
     mirror_stream,
+    new_stream,
     online_dump,
     online_values,
     publish,
@@ -41,39 +40,6 @@ SECOND = 1_000_000
 DAY = 86_400 * SECOND
 START_TIMEOUT = 120.0  # the first start imports the whole stack: slow on a loaded 2-core box
 CATCH_UP_TIMEOUT = 60.0
-
-Streams = list[StreamProcess]
-
-
-@pytest.fixture
-def streams(tmp_path: Path) -> Iterator[Streams]:
-    """Stream processes a test starts; all killed at teardown, whatever happened."""
-    started: Streams = []
-    yield started
-    for process in started:
-        process.kill()
-
-
-def new_stream(
-    streams: Streams,
-    settings: Settings,
-    tmp_path: Path,
-    *,
-    workers: int = 1,
-    how: How = "fork",
-    options: tuple[str, ...] = (),
-) -> StreamProcess:
-    process = StreamProcess(
-        settings,
-        tmp_path / f"stream-{len(streams)}.log",
-        free_port(),
-        workers=workers,
-        how=how,
-        options=options,
-    )
-    streams.append(process)
-    process.start()
-    return process
 
 
 def other_stores(settings: Settings, tmp_path: Path, name: str, db: int) -> Settings:

@@ -38,13 +38,16 @@ class Child(Protocol):
 
 
 def stream_env(settings: Settings) -> dict[str, str]:
-    """The variables that make `bestmatch` use these settings' stores."""
+    """The variables that make `bestmatch` use these settings' stores and event bus."""
     return {
         "BESTMATCH_REDIS_URL": settings.redis_url,
         "BESTMATCH_REDIS_CLUSTER": "true" if settings.redis_cluster else "false",
         "BESTMATCH_LAKE": settings.lake,
         "BESTMATCH_STREAM_KEY": settings.stream_key,
         "BESTMATCH_FEAST_PROJECT": settings.feast_project,
+        "BESTMATCH_BUS": settings.bus,
+        "BESTMATCH_KAFKA_IDLE_MS": str(settings.kafka_idle_ms),
+        "BESTMATCH_KAFKA_RETRY_S": str(settings.kafka_retry_s),
     }
 
 
