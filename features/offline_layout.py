@@ -160,8 +160,15 @@ def create_changelog_tables(settings: Settings) -> None:
     """Create every entity's empty change-log table where none exists yet."""
     from deltalake import DeltaTable, write_deltalake
 
+    options = settings.storage_options
     for entity in ENTITIES:
         uri = changelog_uri(settings, entity)
-        if not DeltaTable.is_deltatable(uri):
+        if not DeltaTable.is_deltatable(uri, storage_options=options):
             empty = changelog_schema(entity).empty_table()
-            write_deltalake(uri, empty, partition_by=[PARTITION_COLUMN], mode="append")
+            write_deltalake(
+                uri,
+                empty,
+                partition_by=[PARTITION_COLUMN],
+                mode="append",
+                storage_options=options,
+            )

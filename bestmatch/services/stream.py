@@ -44,6 +44,7 @@ def stream_env(settings: Settings) -> dict[str, str]:
         "BESTMATCH_LAKE": settings.lake,
         "BESTMATCH_STREAM_KEY": settings.stream_key,
         "BESTMATCH_FEAST_PROJECT": settings.feast_project,
+        "BESTMATCH_CHECKPOINTS": str(settings.checkpoint_root),
     }
 
 
