@@ -8,16 +8,18 @@ One market, backfilled once into a bucket and once into a local lake, serves the
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import polars as pl
 import pytest
 import redis
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -26,11 +28,15 @@ from bestmatch.cli import app
 from bestmatch.services import LocalS3, free_port
 from bestmatch.simulator import simulate
 from features import offline_layout
+from features.engine import empty_values
 from features.events import event_to_json
 from features.lake import latest_values, snapshot_uri
 from features.settings import Settings
-from features.specs import ENTITIES
+from features.specs import ENTITIES, FREELANCER
+from flows import sinks
+from flows.items import ShardOutput
 from flows.runner import run_backfill
+from flows.sinks import ChangelogSink
 from serving import ServingSettings, create_app
 from serving.serving_log import serving_log_uri
 from tests.conftest import RedisServer
@@ -38,6 +44,7 @@ from tests.kafka_fixtures import _Forked, _forkserver, _run_command
 from tests.s3_fixtures import s3_lake
 from tests.streaming import StreamProcess, changelog_rows, converge, online_dump, publish
 from tests.streaming import stream_env as base_stream_env
+from tests.streams import BASE
 from tests.test_flow import changelog, random_events
 from training import registry
 from training.dataset import build_training_set
@@ -45,6 +52,7 @@ from training.feast_reference import feast_historical_features, feast_store
 from training.proposals import read_market_events
 
 S3_DB, LOCAL_DB, STREAM_DB = 9, 10, 8  # this module's Redis databases
+SECOND = 1_000_000
 runner = CliRunner()
 
 
@@ -286,3 +294,81 @@ def test_stream_on_s3_equals_a_backfill_and_resumes_after_a_kill(
     finally:
         stream.kill()
     assert any(settings.checkpoint_root.rglob("*"))  # checkpoints on the local disk
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+WRITERS = 3
+BATCHES = 5
+
+
+def _output(shard: int, batch: int) -> ShardOutput:
+    """One shard's change rows of one batch: 4 freelancers, stamps unique to shard and batch."""
+    stamp = BASE + (batch * WRITERS + shard) * SECOND
+    rows = [(f"f-{shard}-{i}", stamp, empty_values(FREELANCER)) for i in range(4)]
+    table = offline_layout.changelog_table(FREELANCER, rows)
+    return ShardOutput(str(shard), {FREELANCER.name: table}, [], stamp)
+
+
+def _write_concurrently(settings: Settings, batches: range) -> None:
+    """Each writer (a sink partition, as each Bytewax worker holds one) commits its own shard's
+    batches, all writers at once, each batch its own commit."""
+    sink = ChangelogSink(settings, writers=WRITERS)
+    errors: list[BaseException] = []
+
+    def write(writer: int) -> None:
+        part = sink.build_part("changelog", f"writer-{writer}", None)
+        try:
+            for batch in batches:
+                part.write_batch([_output(writer, batch)])
+                part.snapshot()  # an epoch ends: the batch is committed
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            part.close()
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("delta_retries", [sinks.DELTA_COMMIT_RETRIES, 0])
+def test_concurrent_commits_on_s3_land_once_each(
+    s3_settings: Settings, monkeypatch: pytest.MonkeyPatch, delta_retries: int
+) -> None:
+    """Writers race for the same log versions (conditional put: one wins, the others retry).
+    With no retries left to delta-rs, the sink's own retry does it. A replay after a crash
+    (fresh partitions, the same batches again, then new ones) adds only the new rows."""
+    monkeypatch.setattr(sinks, "DELTA_COMMIT_RETRIES", delta_retries)
+    monkeypatch.setattr(sinks, "COMMIT_BACKOFF_S", 0.05)
+    if delta_retries == 0:  # each lost race costs one of the sink's attempts, not delta-rs's
+        monkeypatch.setattr(sinks, "COMMIT_ATTEMPTS", 12)
+    writes: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        writes.append(1)
+        write_deltalake(*args, **kwargs)
+
+    monkeypatch.setattr(sinks, "write_deltalake", counted)
+    _write_concurrently(s3_settings, range(BATCHES))
+    _write_concurrently(s3_settings, range(BATCHES + 2))  # replayed, then two more batches
+
+    table = DeltaTable(offline_layout.changelog_uri(s3_settings, FREELANCER))
+    rows = pl.from_arrow(table.to_pyarrow_table(columns=["freelancer_id", "event_timestamp"]))
+    assert isinstance(rows, pl.DataFrame)
+    assert rows.height == WRITERS * 4 * (BATCHES + 2)  # every row once: none lost, none twice
+    assert rows.unique().height == rows.height
+    commits = [
+        c
+        for c in table.history()
+        if c.get("operation") == "WRITE" and c["operationMetrics"]["num_added_rows"] > 0
+    ]
+    assert len(commits) == WRITERS * (BATCHES + 2)  # the replayed batches were not committed
+    for writer in range(WRITERS):
+        stamp = BASE + ((BATCHES + 1) * WRITERS + writer) * SECOND
+        assert table.transaction_version(f"shard-{writer}") == stamp
+    if delta_retries == 0:  # the writers did race, and the sink wrote again what lost
+        assert len(writes) > len(commits)
