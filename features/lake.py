@@ -14,6 +14,8 @@ from features.settings import Settings
 from features.specs import ENTITIES, Entity, view_name
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+S3_CODE = re.compile(r"<Code>([^<]*)</Code>")
+S3_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -58,6 +60,10 @@ def lake_error(settings: Settings, exc: BaseException) -> str:
     causes = [ANSI.sub("", line).strip(" ↳\t") for line in str(exc).splitlines()]
     causes = [c for c in causes if c]
     reason = causes[-1] if causes else type(exc).__name__
+    code, message = S3_CODE.search(str(exc)), S3_MESSAGE.search(str(exc))
+    if code and message:  # an S3 error document: its code and message, not the XML
+        reason = f"{code.group(1)}: {message.group(1)}"
+    reason = reason if len(reason) <= 160 else reason[:157] + "..."
     return (
         f"the lake {settings.lake} cannot be used (BESTMATCH_LAKE, AWS_ENDPOINT_URL, "
         f"AWS_* keys): {reason}"

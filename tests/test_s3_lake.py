@@ -8,6 +8,8 @@ One market, backfilled once into a bucket and once into a local lake, serves the
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from bestmatch.cli import app
-from bestmatch.services import LocalS3, free_port
+from bestmatch.services import LocalS3, child_env, free_port
 from bestmatch.simulator import simulate
 from features import offline_layout
 from features.engine import empty_values
@@ -372,3 +374,70 @@ def test_concurrent_commits_on_s3_land_once_each(
         assert table.transaction_version(f"shard-{writer}") == stamp
     if delta_retries == 0:  # the writers did race, and the sink wrote again what lost
         assert len(writes) > len(commits)
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def test_commits_on_s3_use_conditional_put_unless_the_user_chose() -> None:
+    on_s3 = Settings(lake="s3://bucket/lake", _env_file=None)
+    assert on_s3.storage_options == {"conditional_put": "etag"}
+    chosen = Settings(lake="s3a://bucket/lake", aws_conditional_put="dynamo:locks", _env_file=None)
+    assert chosen.storage_options == {"conditional_put": "dynamo:locks"}
+    assert Settings(lake="/tmp/lake", _env_file=None).storage_options is None
+    assert Settings(lake="gs://bucket/lake", _env_file=None).storage_options is None
+
+
+def test_a_users_aws_conditional_put_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_CONDITIONAL_PUT", "etag-not-really")
+    assert Settings(lake="s3://b/l", _env_file=None).storage_options == {
+        "conditional_put": "etag-not-really"
+    }
+
+
+@pytest.mark.parametrize(
+    ("lake", "message"),
+    [
+        ("ftp://x/lake", "BESTMATCH_LAKE: unsupported store ftp://"),
+        ("s3://", "names no bucket"),
+        ("s3:///lake", "names no bucket"),
+    ],
+)
+def test_a_misconfigured_lake_is_one_line(
+    lake: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BESTMATCH_LAKE", lake)
+    result = runner.invoke(app, ["compact"])
+    assert result.exit_code == 2
+    assert message in result.output and "BESTMATCH_LAKE" in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2  # one line, wrapped at most once
+
+
+def test_an_unreachable_or_missing_store_is_one_line(
+    s3_server: LocalS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint nothing answers, and a bucket that does not exist: the real command, in a
+    process of its own, says one line naming the variables; no traceback."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BESTMATCH_LAKE", f"s3://no-such-bucket-{free_port()}/lake")
+    missing = subprocess.run(
+        [sys.executable, "-m", "bestmatch", "compact"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env=child_env(COLUMNS="300"),
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    result = runner.invoke(app, ["snapshot"], env={"COLUMNS": "300"})
+    for code, output in ((missing.returncode, missing.stderr), (result.exit_code, result.output)):
+        assert code == 2, output
+        assert "Traceback" not in output
+        lines = output.strip().splitlines()
+        assert len(lines) == 1, output
+        assert "BESTMATCH_LAKE" in lines[0] and "AWS_ENDPOINT_URL" in lines[0]
+    assert "bucket" in missing.stderr.lower()
+    assert "connect" in result.output.lower() or "refused" in result.output.lower()
