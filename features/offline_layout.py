@@ -159,7 +159,6 @@ def _days(stamps: list[int]) -> list[str]:
 def create_changelog_tables(settings: Settings) -> None:
     """Create every entity's empty change-log table where none exists yet."""
     from deltalake import DeltaTable, write_deltalake
-
     from deltalake.exceptions import CommitFailedError
 
     options = settings.storage_options
