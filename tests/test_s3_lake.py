@@ -44,7 +44,14 @@ from serving.serving_log import serving_log_uri
 from tests.conftest import RedisServer
 from tests.kafka_fixtures import _Forked, _forkserver, _run_command
 from tests.s3_fixtures import s3_lake
-from tests.streaming import StreamProcess, changelog_rows, converge, online_dump, publish
+from tests.streaming import (
+    StreamProcess,
+    changelog_rows,
+    converge,
+    dead_letters,
+    online_dump,
+    publish,
+)
 from tests.streaming import stream_env as base_stream_env
 from tests.streams import BASE
 from tests.test_flow import changelog, random_events
@@ -79,7 +86,9 @@ def market(
 ) -> Iterator[Market]:
     root = tmp_path_factory.mktemp("s3")
     events = root / "events.jsonl"
-    simulate(10, 7, events, jobs_per_day=15)  # `train`'s default horizon and window: 10 days
+    simulate(
+        10, 7, events, jobs_per_day=15, dirty=True
+    )  # `train`'s default horizon and window: 10 days
     bucket = s3_server.create_bucket()
     base = Settings(
         redis_url=_db(redis_server, S3_DB),
@@ -139,6 +148,8 @@ def test_a_backfill_into_s3_equals_one_into_a_local_lake(
     assert len(rows) > 1000
     assert rows == changelog(market.local)
     assert online_dump(market.s3) == online_dump(market.local)
+    letters = dead_letters(market.s3)
+    assert letters and letters == dead_letters(market.local)  # a dirty market's bad lines
 
 
 def test_feast_reads_s3_exactly_also_after_compact_and_snapshot(
