@@ -86,9 +86,8 @@ def market(
 ) -> Iterator[Market]:
     root = tmp_path_factory.mktemp("s3")
     events = root / "events.jsonl"
-    simulate(
-        10, 7, events, jobs_per_day=15, dirty=True
-    )  # `train`'s default horizon and window: 10 days
+    # 10 days: `train`'s default horizon and window; dirty: dead letters too
+    simulate(10, 7, events, jobs_per_day=15, dirty=True)
     bucket = s3_server.create_bucket()
     base = Settings(
         redis_url=_db(redis_server, S3_DB),
