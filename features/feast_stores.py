@@ -138,7 +138,8 @@ class BestMatchRedisOnlineStore(RedisOnlineStore):
 
 
 class DeltaChangelogOfflineStoreConfig(FeastConfigBaseModel):
-    """Where the change-log tables live: `lake:` (`${BESTMATCH_LAKE}`), resolved like Settings."""
+    """Where the change-log tables live: `lake:` (`${BESTMATCH_LAKE}`), resolved like Settings,
+    and delta-rs's `storage_options:` (default: `Settings.storage_options`; given ones win)."""
 
     type: Literal["features.feast_stores.DeltaChangelogOfflineStore"] = (
         "features.feast_stores.DeltaChangelogOfflineStore"
@@ -150,7 +151,10 @@ class DeltaChangelogOfflineStoreConfig(FeastConfigBaseModel):
     @classmethod
     def _resolve_lake(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            data = {**data, "lake": _settings(lake=_given(data.get("lake"))).lake_path()}
+            settings = _settings(lake=_given(data.get("lake")))
+            given = data.get("storage_options") or {}
+            options = {**(settings.storage_options or {}), **given} or None
+            data = {**data, "lake": settings.lake_path(), "storage_options": options}
         return data
 
     def table_uri(self, path: str) -> str:

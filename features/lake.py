@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from features import offline_layout
+from features.errors import StoreError
 from features.settings import Settings
 from features.specs import ENTITIES, Entity, view_name
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+S3_CODE = re.compile(r"<Code>([^<]*)</Code>")
+S3_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -30,8 +36,38 @@ def snapshot_uri(settings: Settings, entity: Entity) -> str:
     return settings.lake_path("snapshot", view_name(entity))
 
 
-def _table(uri: str) -> DeltaTable | None:
-    return DeltaTable(uri) if DeltaTable.is_deltatable(uri) else None
+def open_table(settings: Settings, uri: str) -> DeltaTable | None:
+    """The Delta table at `uri` in the settings' lake, or None where there is none yet."""
+    options = settings.storage_options
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
+        return None
+    return DeltaTable(uri, storage_options=options)
+
+
+def check_lake(settings: Settings) -> None:
+    """Fail at once, in one line, when an object-store lake cannot be reached (a wrong
+    endpoint, no such bucket, refused keys), rather than deep in a flow or a training run."""
+    if settings.lake_is_local:
+        return
+    try:
+        open_table(settings, offline_layout.changelog_uri(settings, ENTITIES[0]))
+    except OSError as exc:
+        raise StoreError(lake_error(settings, exc)) from None
+
+
+def lake_error(settings: Settings, exc: BaseException) -> str:
+    """One line for a store error: the lake, the variables to look at, delta-rs's last cause."""
+    causes = [ANSI.sub("", line).strip(" ↳\t") for line in str(exc).splitlines()]
+    causes = [c for c in causes if c]
+    reason = causes[-1] if causes else type(exc).__name__
+    code, message = S3_CODE.search(str(exc)), S3_MESSAGE.search(str(exc))
+    if code and message:  # an S3 error document: its code and message, not the XML
+        reason = f"{code.group(1)}: {message.group(1)}"
+    reason = reason if len(reason) <= 160 else reason[:157] + "..."
+    return (
+        f"the lake {settings.lake} cannot be used (BESTMATCH_LAKE, AWS_ENDPOINT_URL, "
+        f"AWS_* keys): {reason}"
+    )
 
 
 def offline_tables(settings: Settings) -> dict[str, str]:
@@ -43,7 +79,7 @@ def offline_tables(settings: Settings) -> dict[str, str]:
 
 def latest_values(settings: Settings, entity: Entity) -> pa.Table:
     """Each entity's latest change-log row (its current values)."""
-    table = _table(offline_layout.changelog_uri(settings, entity))
+    table = open_table(settings, offline_layout.changelog_uri(settings, entity))
     if table is None:
         return offline_layout.changelog_schema(entity).empty_table()
     import polars as pl
@@ -64,8 +100,11 @@ def write_snapshots(settings: Settings) -> list[tuple[str, str]]:
     for entity in ENTITIES:
         current = latest_values(settings, entity)
         uri = snapshot_uri(settings, entity)
-        write_deltalake(uri, current, mode="overwrite", schema_mode="overwrite")
-        version = DeltaTable(uri).version()
+        options = settings.storage_options
+        write_deltalake(
+            uri, current, mode="overwrite", schema_mode="overwrite", storage_options=options
+        )
+        version = DeltaTable(uri, storage_options=options).version()
         rows.append((f"{view_name(entity)} v{version}", f"{current.num_rows:,} entities"))
     return rows
 
@@ -74,13 +113,13 @@ def compact_tables(settings: Settings) -> list[tuple[str, str]]:
     """Compact every offline table's small files, then vacuum what no version needs."""
     rows = []
     for name, uri in offline_tables(settings).items():
-        table = _table(uri)
+        table = open_table(settings, uri)
         if table is None:
             continue
         before = len(table.file_uris())
         metrics = table.optimize.compact()
         removed = table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
-        after = len(DeltaTable(uri).file_uris())
+        after = len(DeltaTable(uri, storage_options=settings.storage_options).file_uris())
         rows.append(
             (
                 name,
@@ -96,7 +135,7 @@ def summarize_lake(settings: Settings, elapsed_s: float | None = None) -> list[t
     rows = []
     total = 0
     for name, uri in offline_tables(settings).items():
-        table = _table(uri)
+        table = open_table(settings, uri)
         count = (
             0
             if table is None
@@ -107,7 +146,7 @@ def summarize_lake(settings: Settings, elapsed_s: float | None = None) -> list[t
         if name != "dead_letters":
             total += count
         rows.append((f"{name} rows", f"{count:,}"))
-    dead = _table(dead_letter_uri(settings))
+    dead = open_table(settings, dead_letter_uri(settings))
     if dead is not None:
         reasons = Counter(
             reason.split(":")[0]

@@ -159,9 +159,19 @@ def _days(stamps: list[int]) -> list[str]:
 def create_changelog_tables(settings: Settings) -> None:
     """Create every entity's empty change-log table where none exists yet."""
     from deltalake import DeltaTable, write_deltalake
+    from deltalake.exceptions import CommitFailedError
 
+    options = settings.storage_options
     for entity in ENTITIES:
         uri = changelog_uri(settings, entity)
-        if not DeltaTable.is_deltatable(uri):
-            empty = changelog_schema(entity).empty_table()
-            write_deltalake(uri, empty, partition_by=[PARTITION_COLUMN], mode="append")
+        if DeltaTable.is_deltatable(uri, storage_options=options):
+            continue
+        empty = changelog_schema(entity).empty_table()
+        try:
+            write_deltalake(
+                uri, empty, partition_by=[PARTITION_COLUMN], mode="append", storage_options=options
+            )
+        except CommitFailedError:
+            # another writer (a worker building its sink partition) created it first
+            if not DeltaTable.is_deltatable(uri, storage_options=options):
+                raise

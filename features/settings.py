@@ -48,6 +48,27 @@ def parse_bus(value: str) -> KafkaBus | None:
     return KafkaBus(brokers, topic)
 
 
+LAKE_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+"""The lake's URI schemes: a local path (or `file://`), or an object store delta-rs opens."""
+S3_SCHEMES = frozenset({"s3", "s3a"})
+
+
+def check_lake(value: str) -> str:
+    """A lake root: a path, or `SCHEME://BUCKET[/PREFIX]` of a store delta-rs opens."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() == "file" or (len(scheme) == 1 and scheme.isalpha()):
+        return value  # a local path (or a Windows drive)
+    if scheme.lower() not in LAKE_SCHEMES:
+        known = ", ".join(f"{s}://" for s in sorted(LAKE_SCHEMES - {"file"}))
+        msg = f"BESTMATCH_LAKE: unsupported store {scheme}:// (a local path, or one of {known})"
+        raise ConfigError(msg)
+    bucket = rest.partition("/")[0]
+    if not bucket:
+        msg = f"BESTMATCH_LAKE={value!r} names no bucket: {scheme}://BUCKET/PREFIX"
+        raise ConfigError(msg)
+    return value
+
+
 class Settings(BaseSettings):
     """Everything configurable, from `BESTMATCH_*` variables (or a `.env` file)."""
 
@@ -77,6 +98,10 @@ class Settings(BaseSettings):
     checkpoints: str | None = None
     """A local folder for the flow's recovery checkpoints (default: `<lake>/_checkpoints`, or
     `./bestmatch-checkpoints` when the lake is an object store)."""
+    aws_conditional_put: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_CONDITIONAL_PUT", "aws_conditional_put")
+    )
+    """delta-rs's commit protocol on S3 (`AWS_CONDITIONAL_PUT`); default `etag`."""
 
     @field_validator("redis_url")
     @classmethod
@@ -93,6 +118,11 @@ class Settings(BaseSettings):
 
             check_url(self.redis_url)
         return self
+
+    @field_validator("lake")
+    @classmethod
+    def _check_lake(cls, value: str) -> str:
+        return check_lake(value)
 
     @field_validator("bus")
     @classmethod
@@ -117,6 +147,28 @@ class Settings(BaseSettings):
     @property
     def lake_is_local(self) -> bool:
         return "://" not in self.lake or self.lake.startswith("file://")
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        """delta-rs's storage options for the lake, for every table it opens or writes.
+
+        On S3 a commit is a put-if-absent of the next log file: `conditional_put=etag` makes
+        two writers that race for a version see it (one retries) without a DynamoDB lock, on AWS
+        and on S3-compatible servers alike. It is set here, not left to delta-rs's default, so
+        that a library upgrade cannot turn it off; a user's `AWS_CONDITIONAL_PUT` wins. The
+        other `AWS_*` variables (endpoint, keys, region, `AWS_ALLOW_HTTP`) delta-rs reads from
+        the environment itself.
+        """
+        scheme = self.lake.partition("://")[0].lower()
+        if scheme in S3_SCHEMES:
+            return {"conditional_put": self.aws_conditional_put or "etag"}
+        return None
+
+    @property
+    def local_root(self) -> Path:
+        """A local folder for what never goes to an object store (a Redis the commands start,
+        the record of the last backfill): the lake when it is local, else `checkpoint_root`."""
+        return Path(self.lake_path()) if self.lake_is_local else self.checkpoint_root
 
     def lake_path(self, *parts: str) -> str:
         """The URI of a table or file under the lake root."""

@@ -25,6 +25,7 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from features import offline_layout, online_layout
 from features.lake import DEAD_LETTER_SCHEMA, dead_letter_uri
@@ -35,6 +36,12 @@ from flows.items import DeadLetter, ShardOutput
 from flows.metrics import METRICS
 
 _ENTITY = {e.name: e for e in ENTITIES}
+DELTA_COMMIT_RETRIES = 15
+"""delta-rs's own retries of a commit that another writer beat to a log version."""
+COMMIT_ATTEMPTS = 4
+"""Whole writes of one commit, after delta-rs's retries or a store error (then it stops the
+flow, which replays from its last epoch)."""
+COMMIT_BACKOFF_S = 0.5
 
 
 class _Lanes:
@@ -57,22 +64,47 @@ class _Lanes:
         return self.marks[lane]
 
     def commit(self, data: pa.Table, new_marks: dict[str, int], partition_by: list[str]) -> None:
+        """Append `data` with `new_marks` in one commit. delta-rs retries a commit that lost the
+        race for a log version (appends do not conflict); should that, or the store, still
+        fail, the whole write is tried again a few times, after reading the marks back: a
+        commit whose answer was lost may have landed, and then it is not written twice."""
         txns = [Transaction(lane, mark) for lane, mark in sorted(new_marks.items())]
-        write_deltalake(
-            self.uri,
-            data,
-            mode="append",
-            partition_by=partition_by,
-            storage_options=self.storage,
-            commit_properties=CommitProperties(app_transactions=txns),
-        )
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                write_deltalake(
+                    self.uri,
+                    data,
+                    mode="append",
+                    partition_by=partition_by,
+                    storage_options=self.storage,
+                    commit_properties=CommitProperties(
+                        app_transactions=txns, max_commit_retries=DELTA_COMMIT_RETRIES
+                    ),
+                )
+                break
+            except (CommitFailedError, OSError):
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                time.sleep(COMMIT_BACKOFF_S * attempt)
+                if self._committed(new_marks):
+                    break
         self.marks.update(new_marks)
+
+    def _committed(self, new_marks: dict[str, int]) -> bool:
+        """Whether the log already holds these marks (a commit that landed unbeknown)."""
+        try:
+            table = DeltaTable(self.uri, storage_options=self.storage)
+        except (TableNotFoundError, OSError):
+            return False
+        versions = {lane: table.transaction_version(lane) for lane in new_marks}
+        return all(v is not None and v >= new_marks[lane] for lane, v in versions.items())
 
 
 class _ChangelogPartition(StatefulSinkPartition[ShardOutput, None]):
     def __init__(self, settings: Settings, trigger_s: float, max_rows: int) -> None:
         self._lanes = {
-            e.name: _Lanes(offline_layout.changelog_uri(settings, e), None) for e in ENTITIES
+            e.name: _Lanes(offline_layout.changelog_uri(settings, e), settings.storage_options)
+            for e in ENTITIES
         }
         self._tables: dict[str, list[pa.Table]] = defaultdict(list)
         self._marks: dict[str, dict[str, int]] = defaultdict(dict)
@@ -173,8 +205,8 @@ class ChangelogSink(FixedPartitionedSink[ShardOutput, None]):
 
 
 class _DeadLetterPartition(StatefulSinkPartition[DeadLetter, None]):
-    def __init__(self, uri: str) -> None:
-        self._lanes = _Lanes(uri, None)
+    def __init__(self, uri: str, storage: dict[str, str] | None) -> None:
+        self._lanes = _Lanes(uri, storage)
         self._rows: list[DeadLetter] = []
 
     def write_batch(self, values: list[DeadLetter]) -> None:
@@ -214,12 +246,13 @@ class DeadLetterSink(FixedPartitionedSink[DeadLetter, None]):
 
     def __init__(self, settings: Settings):
         self.uri = dead_letter_uri(settings)
+        self.storage = settings.storage_options
 
     def list_parts(self) -> list[str]:
         return ["dead_letters"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeadLetterPartition:
-        return _DeadLetterPartition(self.uri)
+        return _DeadLetterPartition(self.uri, self.storage)
 
 
 class _OnlinePartition(StatelessSinkPartition[ShardOutput]):

@@ -300,8 +300,10 @@ class _Writer:
         flush_s: float,
         chunk_requests: int,
         report: Callable[[str, int], None],
+        storage_options: dict[str, str] | None = None,
     ) -> None:
         self.uri = uri
+        self.storage_options = storage_options
         self.batch_rows = batch_rows
         self.flush_s = flush_s
         self.chunk_requests = chunk_requests
@@ -356,6 +358,7 @@ class _Writer:
                 mode="append",
                 partition_by=[PARTITION],
                 schema_mode="merge",  # a log written before the stamp columns takes them on
+                storage_options=self.storage_options,
             )
         except Exception as exc:  # a lake away for a while: the sample is lost, serving goes on
             log.error("serving log: %d rows not written to %s: %s", rows, self.uri, exc)
@@ -387,7 +390,12 @@ def writer_main() -> None:
     import deltalake  # noqa: F401
 
     writer = _Writer(
-        given["uri"], given["batch_rows"], given["flush_s"], given["chunk_requests"], report
+        given["uri"],
+        given["batch_rows"],
+        given["flush_s"],
+        given["chunk_requests"],
+        report,
+        given.get("storage_options"),
     )
     thread = threading.Thread(target=writer.run, name="serving-log-writer")
     thread.start()
@@ -428,6 +436,7 @@ class ServingLog:
         self,
         uri: str,
         *,
+        storage_options: dict[str, str] | None = None,
         batch_rows: int,
         flush_s: float,
         max_queued: int,
@@ -442,6 +451,7 @@ class ServingLog:
         self.restart_s = restart_s
         self._given = {
             "uri": uri,
+            "storage_options": storage_options,
             "batch_rows": batch_rows,
             "flush_s": flush_s,
             "chunk_requests": chunk_requests,

@@ -70,6 +70,7 @@ def open_state(settings: Settings, config: ServingSettings) -> ServingState:
     if config.log_rate > 0:
         log = ServingLog(
             serving_log_uri(settings),
+            storage_options=settings.storage_options,
             batch_rows=config.log_batch_rows,
             flush_s=config.log_flush_s,
             max_queued=config.log_queue_requests,

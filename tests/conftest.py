@@ -19,6 +19,7 @@ from bestmatch.services.redis_server import server_args
 from features.settings import Settings
 from tests.kafka_fixtures import kafka_cluster, kafka_settings  # noqa: F401  (Kafka fixtures)
 from tests.redis_cluster_fixtures import cluster_settings, redis_cluster  # noqa: F401
+from tests.s3_fixtures import s3_bucket, s3_env, s3_server, s3_settings  # noqa: F401  (S3)
 
 __all__ = ["RedisServer", "free_port"]  # the tests' servers use the product's free_port
 
@@ -163,7 +164,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # that starts a real service is marked `integration` here and left out, and the modules that
 # hold nothing else are not even imported. The full suite is plain `pytest`.
 
-SERVICE_FIXTURES = frozenset({"redis_server", "feast_store", "redis_cluster"})
+SERVICE_FIXTURES = frozenset({"redis_server", "feast_store", "redis_cluster", "s3_server"})
 """Fixtures that start a real service: a test that uses one (even through another fixture) is
 an integration test."""
 INTEGRATION_MODULES = frozenset(
@@ -177,7 +178,9 @@ INTEGRATION_MODULES = frozenset(
 )
 """Test modules that start processes of their own without those fixtures: all their tests are
 integration tests."""
-SERVICE_MODULES = frozenset({"test_consistency", "test_demo", "test_feast_parity", "test_stream"})
+SERVICE_MODULES = frozenset(
+    {"test_consistency", "test_demo", "test_feast_parity", "test_s3_lake", "test_stream"}
+)
 """Modules whose every test uses a service fixture: `--quick` does not import them."""
 
 

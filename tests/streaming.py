@@ -62,6 +62,12 @@ def _run_command(env: dict[str, str], args: list[str], log: str) -> None:
     app(args, prog_name="bestmatch")
 
 
+def _passed_on() -> dict[str, str]:
+    """What a forked child gets of this process's environment as it is now (the forkserver's
+    is as it was when it started): the object store's and MLflow's variables a test set."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_"))}
+
+
 class _Forked:
     """A forked `multiprocessing` child, seen as the launcher sees a `subprocess.Popen`."""
 
@@ -107,7 +113,7 @@ class StreamProcess(launcher.StreamProcess):
             return super().spawn()
         child = _forkserver().Process(
             target=_run_command,
-            args=(stream_env(self.settings), self.args, str(self.log)),
+            args=({**_passed_on(), **stream_env(self.settings)}, self.args, str(self.log)),
             daemon=True,
         )
         child.start()

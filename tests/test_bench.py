@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,37 @@ def test_samples_are_newer_than_everything_before_them() -> None:
     assert [s.index for s in samples] == [3, 5, 6]  # the second at 00:00:01 is not newer
     for s in samples:
         assert s.event_time == times[s.index] > max(times[: s.index])
+
+
+# --- bench lake ---------------------------------------------------------------------------------
+
+TINY_LAKE = ["--days", "10", "--jobs-per-day", "8", "--repeat", "1"]
+
+
+@pytest.mark.timeout(240)
+def test_bench_lake_times_train_on_both_lakes(redis_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "lake.json"
+    env = {"BESTMATCH_REDIS_URL": redis_url, "BESTMATCH_LAKE": str(tmp_path / "lake")}
+    result = CliRunner().invoke(app, ["bench", "lake", *TINY_LAKE, "--json", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    train = figures["train"]
+    assert len(train["local_s"]) == len(train["s3_s"]) == 1
+    assert train["ratio"] == pytest.approx(train["s3_median_s"] / train["local_median_s"])
+    assert 0 < figures["training_set"]["local_s"][0] < train["local_s"][0]
+    assert 0 < figures["training_set"]["s3_s"][0] < train["s3_s"][0]
+    assert figures["same_result"] is True  # both lakes gave the same set and evaluation
+    assert figures["events"] > 1000 and figures["changelog_rows"] > figures["events"] / 2
+    assert "ratio (S3 / local)" in result.output
+    assert redis.Redis.from_url(_with_db(redis_url, 15)).dbsize() == 0
+
+
+def test_bench_lake_without_moto_is_one_line(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "moto", None)  # as if the dev group were not installed
+    env = {"BESTMATCH_REDIS_URL": redis_url, "BESTMATCH_LAKE": str(tmp_path / "lake")}
+    result = CliRunner().invoke(app, ["bench", "lake", *TINY_LAKE], env=env)
+    assert result.exit_code == 2
+    assert "dev group" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2

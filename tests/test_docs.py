@@ -56,8 +56,12 @@ def test_no_file_points_outside_the_repository() -> None:
 
 def test_every_variable_is_in_the_readme() -> None:
     text = README.read_text()
-    names = [f"BESTMATCH_{name.upper()}" for name in Settings.model_fields]
-    names = [n for n in names if n != "BESTMATCH_MLFLOW_TRACKING_URI"] + ["MLFLOW_TRACKING_URI"]
+    names = [
+        str(field.validation_alias.choices[0])  # type: ignore[union-attr]
+        if field.validation_alias
+        else f"BESTMATCH_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+    ]
     names += [f"BESTMATCH_SERVE_{name.upper()}" for name in ServingSettings.model_fields]
     missing = [name for name in names if f"`{name}`" not in text]
     assert not missing, f"not in the README: {missing}"

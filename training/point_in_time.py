@@ -87,12 +87,13 @@ def read_changelog(
 
     columns = [entity.join_key, TIMESTAMP_COLUMN, CREATED_COLUMN, *names]
     uri = changelog_uri(settings, entity)
-    if not DeltaTable.is_deltatable(uri):
+    options = settings.storage_options
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
         schema = changelog_schema(entity)
         empty = pl.from_arrow(schema.empty_table().select(columns))
         assert isinstance(empty, pl.DataFrame)
         return empty
-    scan = pl.scan_delta(uri).select(columns)
+    scan = pl.scan_delta(uri, storage_options=options).select(columns)
     if until is not None:
         scan = scan.filter(pl.col(TIMESTAMP_COLUMN) <= until)
     return scan.collect()

@@ -148,7 +148,11 @@ def entity_ids(settings: Settings, entity: Any) -> list[str]:
 
     from features.offline_layout import changelog_uri
 
-    frame = pl.read_delta(changelog_uri(settings, entity), columns=[entity.join_key])
+    frame = pl.read_delta(
+        changelog_uri(settings, entity),
+        columns=[entity.join_key],
+        storage_options=settings.storage_options,
+    )
     return sorted(frame[entity.join_key].unique().to_list())
 
 

@@ -235,3 +235,37 @@ def kafka(
         force=force,
         json_out=json_out,
     )
+
+
+@bench_app.command("lake")
+@friendly
+def lake(
+    days: Annotated[
+        int, typer.Option(min=10, help="Simulated days (train's horizon and window need 10+).")
+    ] = 14,
+    jobs_per_day: Annotated[int, typer.Option(min=1, help="Simulated jobs a day.")] = 60,
+    repeat: Annotated[int, typer.Option(min=1, help="Runs of train on each lake.")] = 3,
+    seed: Annotated[int, typer.Option(help="Simulator and training seed.")] = 1,
+    redis_db: Annotated[int, typer.Option(min=0, help="The bench's own Redis database.")] = 15,
+    force: Annotated[
+        bool, typer.Option(help="Use the Redis database even if it holds other keys (flushes it).")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
+) -> None:
+    """`bestmatch train` on a local lake vs an S3 lake (a local S3 server), in the same run."""
+    from bestmatch.benchmarks.lake import bench_lake
+
+    report = bench_lake(
+        read_settings(),
+        days=days,
+        jobs_per_day=jobs_per_day,
+        repeat=repeat,
+        seed=seed,
+        redis_db=redis_db,
+        force=force,
+        json_out=json_out,
+        progress=console.print,
+    )
+    print_table("bestmatch train: local lake vs S3 lake", report.rows())

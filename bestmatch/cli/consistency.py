@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bestmatch.cli.options import read_settings, time_option
+from bestmatch.cli.options import lake_settings, time_option
 from bestmatch.console import console, friendly, print_table, progress
 
 
@@ -30,7 +30,7 @@ def consistency(
 
     from bestmatch.consistency import check_consistency
 
-    settings = read_settings()
+    settings = lake_settings()
     since_us = time_option(since, "--since")
     with progress("recomputing served features from the offline change log"):
         report = check_consistency(settings, since_us=since_us)

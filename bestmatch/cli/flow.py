@@ -4,7 +4,6 @@ the lake's `snapshot` and `compact`."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,6 +12,7 @@ from bestmatch.cli.options import (
     EventsFile,
     Processes,
     Workers,
+    lake_settings,
     need_file,
     read_settings,
     register_feast,
@@ -20,7 +20,6 @@ from bestmatch.cli.options import (
     time_option,
 )
 from bestmatch.console import console, friendly, print_table, progress
-from features.errors import ConfigError
 
 
 @friendly
@@ -41,12 +40,10 @@ def backfill(
     from features.lake import summarize_lake
     from flows.runner import run_backfill
 
-    settings = read_settings()
+    settings = lake_settings()
     need_file(events, "--events")
     until_us = time_option(until, "--until")
-    note = ensure_redis(
-        settings.redis_url, Path(settings.lake_path("redis")), settings.redis_cluster
-    )
+    note = ensure_redis(settings.redis_url, settings.local_root / "redis", settings.redis_cluster)
     if note:
         console.print(note)
     started = time.perf_counter()
@@ -74,7 +71,7 @@ def publish(
     if settings.kafka is None:
         from bestmatch.services import ensure_redis
 
-        ensure_redis(settings.redis_url, Path(settings.lake_path("redis")), settings.redis_cluster)
+        ensure_redis(settings.redis_url, settings.local_root / "redis", settings.redis_cluster)
     started = time.perf_counter()
     with progress(f"publishing to {settings.bus_name}", total=None) as advance:
         sent = publish_events(settings, iter_lines(events), rate=rate, progress=advance)
@@ -94,10 +91,7 @@ def stream(
     """Run the feature flow on the event bus until stopped; resumes after a crash."""
     from flows.runner import run_stream
 
-    settings = read_settings()
-    if not settings.lake_is_local:
-        msg = "bestmatch stream keeps its checkpoints in a local BESTMATCH_LAKE"
-        raise ConfigError(msg)
+    settings = lake_settings()
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -135,7 +129,7 @@ def snapshot() -> None:
     """Write every entity's current values as a new version of a Delta table (complete mode)."""
     from features.lake import write_snapshots
 
-    settings = read_settings()
+    settings = lake_settings()
     rows = write_snapshots(settings)
     print_table("snapshot written", rows)
 
@@ -145,5 +139,5 @@ def compact() -> None:
     """Delta maintenance of the offline tables: compaction, then vacuum."""
     from features.lake import compact_tables
 
-    settings = read_settings()
+    settings = lake_settings()
     print_table("compacted", compact_tables(settings))

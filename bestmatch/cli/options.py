@@ -33,6 +33,16 @@ def read_settings() -> Settings:
         raise ConfigError(msg) from None
 
 
+def lake_settings() -> Settings:
+    """`read_settings`, for a command that uses the lake: an object store that cannot be
+    reached is one clear line now, not a traceback later."""
+    from features.lake import check_lake
+
+    settings = read_settings()
+    check_lake(settings)
+    return settings
+
+
 def time_option(text: str | None, option: str) -> int | None:
     """An RFC 3339 option value as µs since the epoch, or one clear error."""
     if text is None:
@@ -63,15 +73,14 @@ def register_feast(settings: Settings) -> None:
 
 
 def remember_backfill(settings: Settings, events: Path) -> None:
-    if settings.lake_is_local:
-        meta = Path(settings.lake_path("_meta"))
-        meta.mkdir(parents=True, exist_ok=True)
-        (meta / "last_backfill.txt").write_text(str(events.resolve()))
+    meta = settings.local_root / "_meta"
+    meta.mkdir(parents=True, exist_ok=True)
+    (meta / "last_backfill.txt").write_text(str(events.resolve()))
 
 
 def last_backfill(settings: Settings) -> Path:
-    record = Path(settings.lake_path("_meta", "last_backfill.txt"))
-    if not settings.lake_is_local or not record.exists():
+    record = settings.local_root / "_meta" / "last_backfill.txt"
+    if not record.exists():
         msg = "--events: no events file given and no `bestmatch backfill` has run on this lake"
         raise ConfigError(msg)
     return Path(record.read_text().strip())

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bestmatch.cli.options import last_backfill, need_file, read_settings
+from bestmatch.cli.options import lake_settings, last_backfill, need_file
 from bestmatch.console import console, friendly, print_table, progress
 
 
@@ -27,7 +27,7 @@ def train(
 
     from training.pipeline import train as run
 
-    settings = read_settings()
+    settings = lake_settings()
     events = events or last_backfill(settings)
     need_file(events, "--events")
     with progress("training: set → ranker → evaluation → MLflow", total=4) as advance:

@@ -114,13 +114,14 @@ def read_serving_log(settings: Settings, since_us: int | None = None) -> tuple[s
     from deltalake import DeltaTable
 
     uri = settings.lake_path(SERVING_LOG_TABLE)
-    if not DeltaTable.is_deltatable(uri):
+    options = settings.storage_options
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
         msg = (
             f"no serving log at {uri}: serve some requests with logging on "
             "(BESTMATCH_SERVE_LOG_RATE > 0) first"
         )
         raise StoreError(msg)
-    scan = pl.scan_delta(uri)
+    scan = pl.scan_delta(uri, storage_options=options)
     if since_us is not None:
         since = pl.lit(since_us).cast(_UTC_US)
         scan = scan.filter(pl.col(SERVED_AT) >= since)

@@ -135,7 +135,9 @@ def wait_offline_complete(
         for name in {n for n, _ in wanted}:
             entity = entities[name]
             rows = (
-                pl.scan_delta(changelog_uri(settings, entity))
+                pl.scan_delta(
+                    changelog_uri(settings, entity), storage_options=settings.storage_options
+                )
                 .filter(pl.col(entity.join_key).is_in([i for n, i in wanted if n == name]))
                 .sort(TIMESTAMP_COLUMN, CREATED_COLUMN)
                 .collect()

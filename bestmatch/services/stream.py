@@ -48,6 +48,7 @@ def stream_env(settings: Settings) -> dict[str, str]:
         "BESTMATCH_BUS": settings.bus,
         "BESTMATCH_KAFKA_IDLE_MS": str(settings.kafka_idle_ms),
         "BESTMATCH_KAFKA_RETRY_S": str(settings.kafka_retry_s),
+        "BESTMATCH_CHECKPOINTS": str(settings.checkpoint_root),
     }
 
 
