@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what BestMatch needs on a fresh Debian/Ubuntu machine with Python 3.11:
 # uv (if missing, and on PATH for new shells), the locked Python packages (uv sync), and
-# redis-server (if missing).
+# redis-server and redis-cli (if missing: the tests' Redis Cluster is made with redis-cli).
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -45,14 +45,14 @@ fi
 
 uv sync --frozen --python 3.11 --quiet || die "uv sync failed (is Python 3.11 installed?)"
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  say "installing redis-server from Debian's packages"
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  say "installing redis-server and redis-cli from Debian's packages"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     die "redis-server is missing and this user cannot install it: apt-get install redis-server"
   fi
   command -v apt-get >/dev/null 2>&1 || die "redis-server is missing and apt-get is not available: install Redis 7"
   $SUDO apt-get update -qq >/dev/null || die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null \
-    || die "apt-get install redis-server failed"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null \
+    || die "apt-get install redis-server redis-tools failed"
   # Debian's package may start a system-wide server; BestMatch starts its own where needed.
 fi
