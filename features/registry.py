@@ -12,13 +12,12 @@ every process.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.errors import ConfigError
+from features.settings import environment
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -55,23 +54,14 @@ def ensure_registry(settings: Settings, repo_path: Path | str = REPO_PATH) -> bo
         return True
 
 
-@contextmanager
-def _environment(settings: Settings) -> Iterator[None]:
-    wanted = {
-        "BESTMATCH_REDIS_URL": settings.redis_url,
-        "BESTMATCH_REDIS_CLUSTER": "true" if settings.redis_cluster else "false",
-        "BESTMATCH_LAKE": settings.lake_path(),
-    }
-    saved = {name: os.environ.get(name) for name in wanted}
-    os.environ.update(wanted)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def _environment(settings: Settings) -> AbstractContextManager[None]:
+    return environment(
+        {
+            "BESTMATCH_REDIS_URL": settings.redis_url,
+            "BESTMATCH_REDIS_CLUSTER": "true" if settings.redis_cluster else "false",
+            "BESTMATCH_LAKE": settings.lake_path(),
+        }
+    )
 
 
 def _listed(store: FeatureStore) -> list[Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -195,3 +198,19 @@ class Settings(BaseSettings):
             msg = "MLFLOW_TRACKING_URI must be set when BESTMATCH_LAKE is an object store"
             raise ConfigError(msg)
         return f"sqlite:///{self.lake_path('mlflow.db')}"
+
+
+@contextmanager
+def environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """These variables in this process's environment (what child processes, Feast and delta-rs
+    read) for the block; each is given back its earlier value, or removed, after."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from features.settings import Settings
+from features.settings import Settings, environment
 from serving.config import ServingSettings
 from serving.errors import BodyLimit, install_error_handler
 from serving.routes import health, metrics, rank
@@ -180,17 +180,10 @@ def _worker_environment(settings: Settings, config: ServingSettings) -> Iterator
         "serving": config.model_dump(mode="json"),
         "metrics_dir": metrics_dir,
     }
-    saved = {name: os.environ.get(name) for name in (WORKER_ENV, METRICS_ENV, SINGLE_ACCEPT_ENV)}
-    os.environ[WORKER_ENV] = json.dumps(given)
-    os.environ[METRICS_ENV] = metrics_dir
-    if saved[SINGLE_ACCEPT_ENV] is None:
-        os.environ[SINGLE_ACCEPT_ENV] = "1"
+    variables = {WORKER_ENV: json.dumps(given), METRICS_ENV: metrics_dir}
+    variables[SINGLE_ACCEPT_ENV] = os.environ.get(SINGLE_ACCEPT_ENV, "1")
     try:
-        yield
+        with environment(variables):
+            yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         shutil.rmtree(metrics_dir, ignore_errors=True)

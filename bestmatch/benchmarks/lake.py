@@ -18,18 +18,16 @@ A local S3 server has no network latency: the figure is the cost of the object-s
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bestmatch.benchmarks.flow import _open_stores
 from bestmatch.services import LocalS3
-from features.settings import Settings
+from features.settings import Settings, environment
 
 GOAL_RATIO = 2.0
 
@@ -97,21 +95,6 @@ class LakeBench:
         ]
 
 
-@contextmanager
-def _environment(variables: dict[str, str]) -> Iterator[None]:
-    """delta-rs (in this process and its threads) reads the S3 server's variables from here."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def bench_lake(
     settings: Settings,
     *,
@@ -141,7 +124,7 @@ def bench_lake(
         local = stores.settings.model_copy(
             update={"mlflow_tracking_uri": f"sqlite:///{stores.lake / 'mlflow-local.db'}"}
         )
-        with server.start(), _environment(server.env):
+        with server.start(), environment(server.env):
             bucket = server.create_bucket("bestmatch-bench")
             on_s3 = local.model_copy(
                 update={
