@@ -180,7 +180,7 @@ def test_a_paused_master_gives_a_degraded_answer_within_the_timeout(
     write_entities(cluster, PROJECT, random_updates(random.Random(2), 500, ids=50))
     cluster.close()
     freelancers = [f"f-{n}" for n in range(1, 51)]
-    timeout_s = 0.3
+    timeout_s = 0.2
     reader = open_reader(redis_cluster.url, True, PROJECT, timeout_s, 0.0)
     paused = redis_cluster.nodes[1]
 
@@ -203,7 +203,8 @@ def test_a_paused_master_gives_a_degraded_answer_within_the_timeout(
 
     during, took, after, up = asyncio.run(main())
     assert during.degraded and all(v is None for v in during.freelancers.values())
-    assert took < 3 * timeout_s  # the masters are asked at once: about one timeout
+    # about one timeout (the bound of tests/test_serving_faults.py: generous, a loaded box)
+    assert timeout_s <= took < 1.0
     assert not after.degraded and up
     assert sum(v is not None for v in after.freelancers.values()) > 40
 
