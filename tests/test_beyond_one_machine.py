@@ -20,15 +20,16 @@ from fastapi.testclient import TestClient
 from bestmatch.services import LocalS3, ServiceProcess, free_port, stream_env
 from bestmatch.services.redis_cluster import LocalRedisCluster
 from bestmatch.simulator import simulate
+from features.events import Event, parse_event
 from features.settings import Settings
 from flows.runner import run_backfill
 from serving import ServingSettings, create_app
 from tests.kafka_fixtures import MockKafka, on_topic
 from tests.s3_fixtures import s3_lake
 from tests.streaming import Publisher, StreamProcess, changelog_rows, converge, dead_letters
-from tests.test_kafka import run_command
+from tests.test_kafka import in_order_dirty, run_command
 from tests.test_redis_cluster import cluster_keys, every_key
-from tests.test_stream import INVALID, write_lines
+from tests.test_stream import write_lines
 from training.proposals import read_market_events
 
 START_TIMEOUT = 240.0  # `bestmatch stream` in a fresh interpreter, on a loaded 2-core box
@@ -41,20 +42,6 @@ def keys_held(cluster: LocalRedisCluster) -> int:
 
 def letters(settings: Settings) -> list[tuple[str, str]]:
     return sorted((raw, reason) for _, _, raw, reason in dead_letters(settings))
-
-
-def with_bad_lines(lines: list[bytes], seed: int) -> list[bytes]:
-    """The events, with an invalid line here and there and some repeated (duplicates)."""
-    rng = random.Random(seed)
-    out = []
-    for line in lines:
-        out.append(line)
-        roll = rng.random()
-        if roll < 0.01:
-            out.append(rng.choice(INVALID))
-        elif roll < 0.02:
-            out.append(line)
-    return out
 
 
 def a_request(events: Path) -> dict[str, Any]:
@@ -91,7 +78,10 @@ def test_the_platform_on_kafka_a_redis_cluster_and_s3(
 ) -> None:
     events = tmp_path / "events.jsonl"
     simulate(10, 7, events, jobs_per_day=12)  # `train`'s default horizon and window: 10 days
-    lines = with_bad_lines(events.read_bytes().splitlines(), seed=3)
+    parsed = [parse_event(line) for line in events.read_bytes().splitlines()]
+    # in time order, with bad lines and repeats; none late, so that the topic's merge (in event
+    # time) and the file (in line order) judge alike
+    lines = in_order_dirty([e for e in parsed if isinstance(e, Event)], seed=3)
     tracking = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     monkeypatch.chdir(tmp_path)  # nothing may land in a local `s3:` folder
