@@ -124,7 +124,7 @@ def bench_lake(
         local = stores.settings.model_copy(
             update={"mlflow_tracking_uri": f"sqlite:///{stores.lake / 'mlflow-local.db'}"}
         )
-        with server.start(), environment(server.env):
+        with server, environment(server.env):  # started once, stopped at the end
             bucket = server.create_bucket("bestmatch-bench")
             on_s3 = local.model_copy(
                 update={
