@@ -52,8 +52,8 @@ from tests.streaming import (
 )
 from tests.test_flow import random_events
 from tests.test_stream import (
-    INVALID,
     assert_no_repeated_stamps,
+    dirty_lines,
     line_of,
     other_stores,
     tick,
@@ -71,19 +71,7 @@ CATCH_UP_TIMEOUT = 90.0
 def in_order_dirty(events: list[Event], seed: int, late: float = 0.0) -> list[bytes]:
     """The events in time order, with invalid lines and at-once repeats (duplicates); with
     `late`, that share of events is repeated 1 to 40 events later (late by then, or not)."""
-    rng = random.Random(seed)
-    out = []
-    for i, event in enumerate(events):
-        line = line_of(event)
-        out.append(line)
-        roll = rng.random()
-        if roll < 0.03:
-            out.append(rng.choice(INVALID))
-        elif roll < 0.06:
-            out.append(line)
-        elif roll < 0.06 + late and i > 0:
-            out.append(line_of(events[i - rng.randint(1, min(i, 40))]))
-    return out
+    return dirty_lines(events, seed, late=late, back=40, first=1)
 
 
 def out_of_order_dirty(events: list[Event], seed: int) -> list[bytes]:

@@ -63,9 +63,12 @@ def line_of(event: Event) -> bytes:
     return orjson.dumps(event_to_json(event))
 
 
-def dirty_lines(events: list[Event], seed: int) -> list[bytes]:
-    """The events in order, with invalid lines, at-once repeats (dropped as duplicates) and
-    repeats a few events later (mostly late by then: dead letters)."""
+def dirty_lines(
+    events: list[Event], seed: int, late: float = 0.02, back: int = 5, first: int = 5
+) -> list[bytes]:
+    """The events in order, with invalid lines, at-once repeats (dropped as duplicates) and, for
+    a `late` share from event `first` on, repeats 1 to `back` events later (late by then, or
+    not: dead letters or duplicates)."""
     rng = random.Random(seed)
     out = []
     for i, event in enumerate(events):
@@ -76,8 +79,8 @@ def dirty_lines(events: list[Event], seed: int) -> list[bytes]:
             out.append(rng.choice(INVALID))
         elif roll < 0.06:
             out.append(line)
-        elif roll < 0.08 and i >= 5:
-            out.append(line_of(events[i - rng.randint(1, 5)]))
+        elif roll < 0.06 + late and i >= first:
+            out.append(line_of(events[i - rng.randint(1, min(i, back))]))
     return out
 
 

@@ -13,13 +13,12 @@ unless `--bootstrap` names a real cluster (its topics must auto-create, or exist
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,20 +61,6 @@ class MockCluster:
         self.handle: Any = Producer({"test.mock.num.brokers": 3, "log_level": 0})
         brokers = self.handle.list_topics(timeout=10).brokers.values()
         self.bootstrap = ",".join(f"{b.host}:{b.port}" for b in brokers)
-
-
-@contextmanager
-def _bus_variable(value: str) -> Iterator[None]:
-    """BESTMATCH_BUS for the `bestmatch stream` child the freshness stage starts."""
-    before = os.environ.get("BESTMATCH_BUS")
-    os.environ["BESTMATCH_BUS"] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("BESTMATCH_BUS", None)
-        else:
-            os.environ["BESTMATCH_BUS"] = before
 
 
 def _on_topic(settings: Settings, bootstrap: str, label: str) -> Settings:
@@ -183,9 +168,9 @@ def measure_kafka_freshness(
     samples = pick_samples(lines, first, kafka.feast_project, SAMPLE_EVERY)
     timed = lines[first:]
     stores.reset()
-    with _bus_variable(kafka.bus):
-        stream = StreamProcess(kafka, stores.root / "stream-kafka.log", trigger_s=TRIGGER_S)
-        stream.start()
+    # the child's bus comes with its settings (`stream_env`)
+    stream = StreamProcess(kafka, stores.root / "stream-kafka.log", trigger_s=TRIGGER_S)
+    stream.start()
     watcher = Watcher(redis.Redis.from_url(kafka.redis_url))
     try:
         watcher.start()
@@ -242,8 +227,11 @@ def measure_kafka_freshness(
 
 
 def _redis_freshness(stores: BenchStores, path: Path, rate: float, duration: float) -> Any:
-    with _bus_variable("redis"):
-        return measure_freshness(stores, path, rate, duration, TRIGGER_S)
+    """`bench flow`'s freshness stage on the Redis Stream, whatever bus the settings name."""
+    on_redis = dataclasses.replace(
+        stores, settings=stores.settings.model_copy(update={"bus": "redis"})
+    )
+    return measure_freshness(on_redis, path, rate, duration, TRIGGER_S)
 
 
 def _freshness_rounds(
